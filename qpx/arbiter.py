@@ -1,0 +1,476 @@
+"""The master process: sockets, workers, signals, reload.  It never imports gevent.
+
+Modelled on gunicorn's arbiter: signal handlers only queue the signal (and
+``signal.set_wakeup_fd`` wakes the ``select`` loop); the loop dispatches each queued
+signal to ``handle_<name>``.  The master
+
+- validates and compiles the configuration before binding anything (``cli`` did it for
+  the first start; ``handle_hup`` does it again on every reload);
+- owns every listening socket (:mod:`qpx.listeners`) for its whole life;
+- forks generations of workers; a worker reports ``ready`` over a pipe and beats a
+  heartbeat into the :mod:`qpx.scoreboard`; a dead worker is respawned with back-off, a
+  silent one is killed and respawned, and a slot whose worker dies within 1 s of start
+  five times in a row stops the master with an error instead of spinning.
+
+Reload (HUP), as DESIGN.md's table: validate → bind new listeners (abort on failure) →
+fork generation G+1 → wait until every new worker is ready (roll back on death or
+timeout) → gracefully stop generation G → close listeners no longer configured.  A
+configuration that fails validation is logged with every error and changes nothing.
+TTIN/TTOU change the worker count with the same generation roll, so the sockets of a
+removed worker are remapped, never orphaned.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+from . import log, sdnotify
+from .config import ConfigError, load_config
+from .config.model import Config
+from .listeners import BindError, SocketRegistry
+from .policy import Policy, compile_config
+from .scoreboard import RELOADING, RUNNING, STARTING, STOPPING, Scoreboard
+
+monotonic = time.monotonic
+
+READY_TIMEOUT = 30.0
+QUICK_DEATH = 1.0
+QUICK_DEATH_LIMIT = 5
+SIGNALS = {
+    signal.SIGHUP: "hup", signal.SIGTERM: "term", signal.SIGINT: "int",
+    signal.SIGQUIT: "quit", signal.SIGUSR1: "usr1", signal.SIGTTIN: "ttin",
+    signal.SIGTTOU: "ttou", signal.SIGCHLD: "chld",
+}
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
+
+
+@dataclass
+class WorkerInfo:
+    pid: int
+    index: int
+    generation: int
+    entry: int
+    started: float
+    ready: bool = False
+    kill_at: float = 0.0  # draining: SIGKILL after this (0 = serving)
+
+
+def endpoints(cfg: Config) -> list[tuple[str, str, object]]:
+    """(kind, name, address) for everything that listens."""
+    out: list[tuple[str, str, object]] = [("listener", l.name, l.listen) for l in cfg.listeners]
+    out += [("reverse", r.name, r.listen) for r in cfg.reverse]
+    if cfg.metrics is not None:
+        out.append(("metrics", "metrics", cfg.metrics.listen))
+    return out
+
+
+def cpu_plan(cfg: Config) -> list[int] | None:
+    """The CPUs workers are pinned to, in order, or None for no pinning."""
+    aff = cfg.runtime.cpu_affinity
+    if aff is None:
+        return None
+    if aff == "auto":
+        from .affinity import numa_local_cpus
+
+        return numa_local_cpus(cfg.runtime.cpu_affinity_iface or "")
+    return list(aff)
+
+
+class Arbiter:
+    def __init__(self, files: list[str], cfg: Config, policy: Policy,
+                 pidfile: str | None = None):
+        self.files = files
+        self.cfg = cfg
+        self.policy = policy
+        self.pidfile = pidfile
+        self.registry = SocketRegistry()
+        self.scoreboard = Scoreboard()
+        self.workers: dict[int, WorkerInfo] = {}
+        self.generation = 0
+        self.num_workers = cfg.runtime.workers()
+        self.sig_queue: list[int] = []
+        self.stopping = False
+        self.exit_code = 0
+        self.respawn_at: dict[int, float] = {}
+        self.quick_deaths: dict[int, int] = {}
+        self.reloads = 0
+        self.pid = os.getpid()
+        self._wake_r = self._wake_w = self._notify_r = self._notify_w = -1
+        self._ready: set[int] = set()
+
+    # ------------------------------------------------------------------ start
+
+    def run(self) -> int:
+        cfg = self.cfg
+        log.setup(cfg.logging.level, cfg.logging.format, cfg.logging.error_log, "master")
+        try:
+            from setproctitle import setproctitle
+
+            setproctitle(f"qpxd: master -c {' -c '.join(self.files)}")
+        except ImportError:  # pragma: no cover
+            pass
+        self._setup_metrics_dir()
+        try:
+            self._bind(cfg, self.num_workers)
+        except BindError as e:
+            log.log(logging.ERROR, str(e))
+            return 1
+        self._setup_signals()
+        if self.pidfile:
+            with open(self.pidfile, "w") as f:
+                f.write(f"{self.pid}\n")
+        self.scoreboard.set_master(STARTING, self.num_workers)
+        if not self._roll(cfg, self.policy, self.num_workers, "start"):
+            log.log(logging.ERROR, "workers failed to start; exiting")
+            self._stop_all(signal.SIGKILL)
+            self._cleanup()
+            return 1
+        self.scoreboard.set_master(RUNNING, self.num_workers)
+        sdnotify.notify("READY=1", f"STATUS=serving with {self.num_workers} workers")
+        addrs = ", ".join(f"{k}:{n}={a}" for k, n, a in endpoints(cfg))
+        log.log(logging.INFO, "qpxd ready", workers=self.num_workers,
+                acceptors=cfg.runtime.acceptors(), listen=addrs)
+        try:
+            self._loop()
+        finally:
+            self._cleanup()
+        return self.exit_code
+
+    def _setup_metrics_dir(self) -> None:
+        if self.cfg.metrics is None or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return
+        import tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="qpxd-metrics-")
+
+    def _setup_signals(self) -> None:
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._notify_r, self._notify_w = os.pipe()
+        os.set_blocking(self._notify_r, False)
+        signal.set_wakeup_fd(self._wake_w)
+        for sig in SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, sig, frame) -> None:
+        if len(self.sig_queue) < 10:
+            self.sig_queue.append(sig)
+
+    def _bind(self, cfg: Config, workers: int) -> None:
+        rt = cfg.runtime
+        if not rt.reuse_port and rt.acceptors() > 1:
+            log.log(logging.WARNING, "reuse_port is off: every address gets one socket "
+                    "shared by all workers (acceptors collapse to one per worker)")
+        self.registry.prepare([(f"{k} {n!r}", a) for k, n, a in endpoints(cfg)], workers,
+                              rt.acceptors(), rt.reuse_port, rt.tcp_backlog)
+
+    # ------------------------------------------------------------------ workers
+
+    def _spawn(self, index: int, generation: int, cfg: Config, policy: Policy,
+               workers: int) -> int:
+        from .worker import Endpoint, WorkerSpec
+
+        entry = self.scoreboard.allocate()
+        groups = self.registry.groups
+        eps = [Endpoint(kind, name, groups[self.registry.key(addr)].slice(index, workers))
+               for kind, name, addr in endpoints(cfg)]
+        cpus = cpu_plan(cfg)
+        own = {(self.registry.key(a)[0], a.port) for _, _, a in endpoints(cfg)}
+        spec = WorkerSpec(
+            index=index, generation=generation, entry=entry, config=cfg, policy=policy,
+            endpoints=eps, scoreboard=self.scoreboard, notify_fd=self._notify_w,
+            master_pid=self.pid,
+            close_fds=self.registry.fds() | {self._wake_r, self._wake_w, self._notify_r},
+            cpu=cpus[index % len(cpus)] if cpus else None, own_addresses=own)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                from .worker import run_worker
+
+                code = run_worker(spec)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except BaseException:
+                log.logger.exception("worker crashed")
+            finally:
+                os._exit(code)
+        self.workers[pid] = WorkerInfo(pid, index, generation, entry, monotonic())
+        if spec.cpu is not None:
+            log.log(logging.INFO, "worker pinned", worker=index, pid=pid, cpu=spec.cpu)
+        return pid
+
+    def _wait_ready(self, pids: list[int], timeout: float) -> str | None:
+        """None when every pid reported ready; else why not."""
+        deadline = monotonic() + timeout
+        pending = set(pids)
+        while True:
+            pending -= self._ready
+            if not pending:
+                return None
+            if any(s in STOP_SIGNALS for s in self.sig_queue):
+                return "a stop signal arrived"
+            dead = [p for p in pending if p not in self.workers]
+            if dead:
+                return f"worker pid {dead[0]} exited during start"
+            left = deadline - monotonic()
+            if left <= 0:
+                return f"{len(pending)} worker(s) not ready after {timeout:.0f}s"
+            self._sleep(min(left, 0.5))
+            self._reap(starting=set(pending))
+
+    def _roll(self, cfg: Config, policy: Policy, workers: int, reason: str) -> bool:
+        """Start a new generation with ``workers`` workers; retire the old one."""
+        t0 = monotonic()
+        old_endpoints = [a for _, _, a in endpoints(self.cfg)]
+        try:
+            self._bind(cfg, workers)
+        except BindError as e:
+            log.log(logging.ERROR, f"{reason} aborted: {e}; still serving the previous "
+                    "configuration")
+            return False
+        old = [w for w in self.workers.values() if not w.kill_at]
+        generation = self.generation + 1
+        new = [self._spawn(i, generation, cfg, policy, workers) for i in range(workers)]
+        why = self._wait_ready(new, READY_TIMEOUT)
+        if why is not None:
+            for pid in new:
+                self._kill(pid, signal.SIGKILL)
+            self._reap_blocking(new, 5.0)
+            if self.generation:
+                self.registry.close_except(old_endpoints)
+            tail = "; still serving the previous configuration" if self.generation else ""
+            log.log(logging.ERROR, f"{reason} failed: {why}{tail}", generation=generation)
+            return False
+        self.generation = generation
+        self.cfg, self.policy, self.num_workers = cfg, policy, workers
+        self.respawn_at.clear()
+        self.quick_deaths.clear()
+        grace = cfg.runtime.graceful_timeout_ms / 1000.0
+        for w in old:
+            w.kill_at = monotonic() + grace + 5.0
+            self._kill(w.pid, signal.SIGTERM)
+        closed = self.registry.close_except([a for _, _, a in endpoints(cfg)])
+        log.log(logging.INFO, f"{reason} complete", generation=generation, workers=workers,
+                took_ms=round((monotonic() - t0) * 1000, 1),
+                closed=[str(a) for a in closed] or None)
+        return True
+
+    def _kill(self, pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _reap(self, starting: set[int] | None = None) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            info = self.workers.pop(pid, None)
+            if info is None:
+                continue
+            self.scoreboard.release(info.entry)
+            self._ready.discard(pid)
+            self._exited(info, status, starting or set())
+
+    def _reap_blocking(self, pids: list[int], timeout: float) -> None:
+        deadline = monotonic() + timeout
+        while any(p in self.workers for p in pids) and monotonic() < deadline:
+            self._sleep(0.05)
+            self._reap(starting=set(pids))
+
+    def _exited(self, info: WorkerInfo, status: int, starting: set[int]) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        lived = monotonic() - info.started
+        if info.kill_at or self.stopping or info.pid in starting:
+            log.log(logging.DEBUG, "worker exited", pid=info.pid, worker=info.index,
+                    generation=info.generation, code=code)
+            return
+        if info.generation != self.generation or info.index >= self.num_workers:
+            return
+        n = self.quick_deaths.get(info.index, 0) + 1 if lived < QUICK_DEATH else 0
+        self.quick_deaths[info.index] = n
+        if n >= QUICK_DEATH_LIMIT:
+            log.log(logging.CRITICAL, f"worker {info.index} died within {QUICK_DEATH:.0f}s "
+                    f"of start {n} times in a row (last exit code {code}); stopping")
+            self.exit_code = 1
+            self.handle_term()
+            return
+        delay = min(0.1 * (2 ** (n - 1)), 5.0) if n else 0.0
+        self.respawn_at[info.index] = monotonic() + delay
+        log.log(logging.WARNING, "worker died; respawning", pid=info.pid, worker=info.index,
+                code=code, lived_s=round(lived, 3), delay_s=delay)
+
+    def _respawn_due(self) -> None:
+        now = monotonic()
+        for index, when in list(self.respawn_at.items()):
+            if when <= now and not self.stopping:
+                del self.respawn_at[index]
+                self._spawn(index, self.generation, self.cfg, self.policy, self.num_workers)
+
+    def _check_heartbeats(self) -> None:
+        now = monotonic()
+        limit = self.cfg.runtime.worker_timeout_ms / 1000.0
+        for w in list(self.workers.values()):
+            if w.kill_at:
+                if now > w.kill_at:
+                    log.log(logging.WARNING, "worker did not stop in time; killing",
+                            pid=w.pid, worker=w.index)
+                    self._kill(w.pid, signal.SIGKILL)
+                    w.kill_at = now + 3600
+                continue
+            if not w.ready:
+                continue
+            beat = self.scoreboard.last_beat(w.entry)
+            if beat and now - beat > limit:
+                log.log(logging.ERROR, "worker heartbeat lost; killing", pid=w.pid,
+                        worker=w.index, silent_s=round(now - beat, 1))
+                self._kill(w.pid, signal.SIGKILL)
+
+    def _stop_all(self, sig: int) -> None:
+        for pid in list(self.workers):
+            self._kill(pid, sig)
+
+    # ------------------------------------------------------------------ loop
+
+    def _sleep(self, timeout: float) -> None:
+        try:
+            ready, _, _ = select.select([self._wake_r, self._notify_r], [], [], timeout)
+        except InterruptedError:
+            return
+        if self._wake_r in ready:
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+        if self._notify_r in ready:
+            self._read_notifications()
+
+    def _read_notifications(self) -> None:
+        try:
+            data = os.read(self._notify_r, 65536)
+        except BlockingIOError:
+            return
+        for line in data.split(b"\n"):
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == b"ready":
+                pid = int(parts[1])
+                self._ready.add(pid)
+                if pid in self.workers:
+                    self.workers[pid].ready = True
+
+    def _loop(self) -> None:
+        while True:
+            self._sleep(1.0)
+            self._reap()
+            while self.sig_queue:
+                sig = self.sig_queue.pop(0)
+                getattr(self, f"handle_{SIGNALS[sig]}")()
+            if self.stopping:
+                if not self.workers:
+                    return
+            else:
+                self._respawn_due()
+            self._check_heartbeats()
+
+    # ------------------------------------------------------------------ signals
+
+    def handle_chld(self) -> None:
+        self._reap()
+
+    def handle_hup(self) -> None:
+        if self.stopping:
+            return
+        log.log(logging.INFO, "reloading configuration", files=self.files)
+        sdnotify.notify("RELOADING=1")
+        self.scoreboard.set_master(RELOADING, self.num_workers)
+        try:
+            try:
+                cfg, warnings = load_config(self.files)
+                policy = compile_config(cfg)
+            except ConfigError as e:
+                for issue in e.issues:
+                    log.log(logging.ERROR, f"config error: {issue}")
+                log.log(logging.ERROR, "reload aborted: the configuration is invalid; still "
+                        "serving the previous one", errors=len(e.issues))
+                return
+            for w in warnings:
+                log.log(logging.WARNING, f"config warning: {w}")
+            if (cfg.logging.level, cfg.logging.format, cfg.logging.error_log) != \
+                    (self.cfg.logging.level, self.cfg.logging.format, self.cfg.logging.error_log):
+                log.setup(cfg.logging.level, cfg.logging.format, cfg.logging.error_log, "master")
+            if self._roll(cfg, policy, cfg.runtime.workers(), "reload"):
+                self.reloads += 1
+        finally:
+            if not self.stopping:
+                self.scoreboard.set_master(RUNNING, self.num_workers)
+                sdnotify.notify("READY=1")
+
+    def handle_term(self) -> None:
+        if self.stopping:
+            return
+        log.log(logging.INFO, "graceful stop", workers=len(self.workers))
+        self.stopping = True
+        sdnotify.notify("STOPPING=1")
+        self.scoreboard.set_master(STOPPING, 0)
+        self.respawn_at.clear()
+        grace = self.cfg.runtime.graceful_timeout_ms / 1000.0
+        for w in self.workers.values():
+            w.kill_at = min(w.kill_at or float("inf"), monotonic() + grace + 5.0)
+        self._stop_all(signal.SIGTERM)
+        self.registry.close_all()
+
+    def handle_int(self) -> None:
+        log.log(logging.INFO, "fast stop", workers=len(self.workers))
+        self.stopping = True
+        sdnotify.notify("STOPPING=1")
+        self.scoreboard.set_master(STOPPING, 0)
+        self.respawn_at.clear()
+        for w in self.workers.values():
+            w.kill_at = monotonic() + 2.0
+        self._stop_all(signal.SIGQUIT)
+        self.registry.close_all()
+
+    handle_quit = handle_int
+
+    def handle_usr1(self) -> None:
+        log.reopen()
+        self._stop_all(signal.SIGUSR1)
+
+    def handle_ttin(self) -> None:
+        if not self.stopping:
+            self._roll(self.cfg, self.policy, self.num_workers + 1, "resize")
+
+    def handle_ttou(self) -> None:
+        if not self.stopping and self.num_workers > 1:
+            self._roll(self.cfg, self.policy, self.num_workers - 1, "resize")
+
+    # ------------------------------------------------------------------ end
+
+    def _cleanup(self) -> None:
+        self.registry.close_all()
+        if self.pidfile:
+            try:
+                os.unlink(self.pidfile)
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+        mdir = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+        if mdir and os.path.basename(mdir).startswith("qpxd-metrics-"):
+            import shutil
+
+            shutil.rmtree(mdir, ignore_errors=True)
+        log.log(logging.INFO, "qpxd stopped", code=self.exit_code)

@@ -1,0 +1,135 @@
+"""Command line: ``qpxd [run] -c FILE``, ``qpxd check``, ``qpxd match``, ``qpxd version``.
+
+Exit codes: 0 ok, 1 configuration error, 2 usage error, 3 ``match`` fell through to the
+default action.  Nothing here imports gevent: ``check`` and ``match`` run anywhere, and
+``run`` hands over to the master (:mod:`qpx.arbiter`), which forks the gevent workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+
+COMMANDS = ("run", "check", "match", "version")
+
+EPILOG = """\
+examples:
+  qpxd -c /etc/qpx/qpx.yaml              run (same as: qpxd run -c ...)
+  qpxd check -c base.yaml -c site.yaml   validate; files merge in order, later wins
+  qpxd match -c qpx.yaml --listener forward --src-ip 10.1.2.3 --host ads.example.com
+  kill -HUP $(cat /run/qpxd.pid)         reload with zero failed connections
+
+signals to the master: HUP reload, TERM graceful stop, INT/QUIT fast stop,
+USR1 reopen logs, TTIN/TTOU one worker more/fewer.
+exit codes: 0 ok, 1 config error, 2 usage error, 3 (match) default action applied.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qpxd", description="qpxd: forward / reverse / transparent HTTP proxy daemon.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"qpxd {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon (the default command)",
+                         description="Start the master, bind every listener, fork the "
+                                     "workers and serve until TERM/INT.")
+    run.add_argument("-c", "--config", action="append", required=True, metavar="FILE",
+                     help="configuration file (repeat to merge several, later wins)")
+    run.add_argument("--pid", metavar="FILE", help="write the master's PID to FILE")
+
+    check = sub.add_parser("check", help="validate configuration files and exit",
+                           description="Load, validate and compile the configuration "
+                                       "exactly as 'run' would, print every problem, exit.")
+    check.add_argument("-c", "--config", action="append", required=True, metavar="FILE",
+                       help="configuration file (repeat to merge several, later wins)")
+
+    match = sub.add_parser(
+        "match", help="show which rule or route a request would hit",
+        description="Evaluate the rules of one listener (or the routes of one reverse "
+                    "proxy) for a described request and print which one fires and why the "
+                    "earlier ones did not.")
+    match.add_argument("-c", "--config", action="append", required=True, metavar="FILE")
+    who = match.add_mutually_exclusive_group(required=True)
+    who.add_argument("--listener", metavar="NAME", help="a forward/transparent listener")
+    who.add_argument("--reverse", metavar="NAME", help="a reverse proxy")
+    match.add_argument("--src-ip", metavar="IP")
+    match.add_argument("--dst-port", metavar="N", type=int)
+    match.add_argument("--host", metavar="HOST")
+    match.add_argument("--sni", metavar="NAME")
+    match.add_argument("--method", metavar="METHOD")
+    match.add_argument("--path", metavar="PATH", help="path and query, e.g. /a?b=1")
+    match.add_argument("--header", action="append", default=[], metavar="'Name: value'",
+                       help="a request header (repeatable)")
+
+    sub.add_parser("version", help="print the version")
+    return p
+
+
+def _load(files: list[str]):
+    from .config import ConfigError, load_config
+    from .policy import compile_config
+
+    try:
+        cfg, warnings = load_config(files)
+        policy = compile_config(cfg)
+    except ConfigError as e:
+        for issue in e.issues:
+            print(f"error: {issue}", file=sys.stderr)
+        n = len(e.issues)
+        print(f"config invalid: {n} error{'s' if n != 1 else ''}", file=sys.stderr)
+        return None, None
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return cfg, policy
+
+
+def cmd_check(args) -> int:
+    cfg, _ = _load(args.config)
+    if cfg is None:
+        return 1
+    print(f"config ok: {len(cfg.listeners)} listeners, {len(cfg.reverse)} reverse")
+    return 0
+
+
+def cmd_match(args) -> int:
+    from .matchcli import run_match
+
+    cfg, policy = _load(args.config)
+    if cfg is None:
+        return 1
+    return run_match(cfg, policy, args)
+
+
+def cmd_run(args) -> int:
+    from .arbiter import Arbiter
+
+    cfg, policy = _load(args.config)
+    if cfg is None:
+        return 1
+    return Arbiter(args.config, cfg, policy, pidfile=args.pid).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version"):
+        argv.insert(0, "run")
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse exits 2 on usage errors, 0 on --help
+        return int(e.code or 0)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    if args.command == "version":
+        print(f"qpxd {__version__}")
+        return 0
+    handler = {"run": cmd_run, "check": cmd_check, "match": cmd_match}[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130

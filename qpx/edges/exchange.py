@@ -1,0 +1,290 @@
+"""One request forwarded upstream and its response relayed back (all edges use this).
+
+:func:`exchange` takes an already-serialised request head, gets a connection (pooled, or
+dialed under the upstream deadline), writes head and body, reads the response head under
+the same deadline (connect + response head: ``upstream_http_timeout_ms`` or the route's
+``timeout_ms``), rewrites the head for the client and relays the body.
+
+Failure mapping (DESIGN.md "Status codes"): refused/reset/bad framing → 502, timeout →
+504.  A pooled connection that fails before any response byte, for a request whose body
+was not yet sent, is retried once on a fresh connection (the peer closed an idle
+keep-alive connection under us: nothing was processed).  An upstream connection goes back
+to the pool only after a response framed without doubt and a request fully sent.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..http.body import BodyFramingError, EarlyEOF, relay_body
+from ..http.errors import HttpError, UpstreamError
+from ..http.headers import Triples, http_date, strip_set
+from ..http.request import Request
+from ..http.response import Response, ResponseHeadParser
+from ..netio import Conn, DeadlineExceeded
+from ..relay import tunnel
+from ..upstream import ResolveError, is_local_destination, literal_ip
+from .base import ClientGone, ClientSession
+
+monotonic = time.monotonic
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class Target:
+    """Where a request goes: the endpoint to dial and the pool key it shares."""
+
+    __slots__ = ("host", "port", "key", "guard", "label")
+
+    def __init__(self, host: str, port: int, *, via_proxy: bool, guard: bool):
+        self.host, self.port = host, port
+        self.key = ("proxy", host, port) if via_proxy else (host, port)
+        self.guard = guard  # refuse local destinations (SSRF guard)
+        self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Result:
+    __slots__ = ("status", "bytes_in", "bytes_out", "upstream")
+
+    def __init__(self, status=0, bytes_in=0, bytes_out=0, upstream=None):
+        self.status, self.bytes_in, self.bytes_out, self.upstream = \
+            status, bytes_in, bytes_out, upstream
+
+
+def dial(session: ClientSession, target: Target, deadline: float) -> Conn:
+    """Resolve, guard and connect.  Raises HttpError (403/508) for refused targets and
+    UpstreamError (502/504) when the upstream cannot be reached."""
+    services = session.services
+    try:
+        addrs = services.dialer.addresses(target.host, target.port, deadline)
+    except ResolveError as e:
+        raise UpstreamError(502, str(e)) from None
+    except DeadlineExceeded:
+        raise UpstreamError(504, f"resolving {target.host} timed out") from None
+    for _, sockaddr in addrs:
+        if (sockaddr[0], sockaddr[1]) in services.own_addresses:
+            raise HttpError(508, f"{target.label} is this proxy's own listener",
+                            "loop_detected")
+        if target.guard:
+            ip = literal_ip(sockaddr[0])
+            if ip is not None and is_local_destination(ip):
+                raise HttpError(403, f"destination {sockaddr[0]} is local", "forbidden")
+    try:
+        return services.dialer.connect(addrs, deadline)
+    except DeadlineExceeded:
+        raise UpstreamError(504, f"connecting to {target.label} timed out") from None
+    except OSError as e:
+        raise UpstreamError(502, f"connecting to {target.label}: {e.strerror or e}") from None
+
+
+def _read_response(up: Conn, deadline: float, max_head: int) -> tuple[Response, bytes]:
+    """The next final (or 101) response head and the bytes read after it; 1xx
+    informational heads are skipped."""
+    data = b""
+    while True:
+        parser = ResponseHeadParser(max_head)
+        resp = parser.feed(data) if data else None
+        up.deadline = deadline
+        while resp is None:
+            try:
+                chunk = up.recv()
+            except DeadlineExceeded:
+                raise UpstreamError(504, "upstream response timed out",
+                                    before_response=not parser.buf) from None
+            except OSError as e:
+                raise UpstreamError(502, f"upstream connection failed: {e.strerror or e}",
+                                    before_response=not parser.buf) from None
+            if not chunk:
+                raise UpstreamError(502, "upstream closed the connection",
+                                    before_response=not parser.buf)
+            resp = parser.feed(chunk)
+        up.deadline = 0.0
+        if 100 <= resp.status < 200 and resp.status != 101:
+            data = parser.rest
+            continue
+        return resp, parser.rest
+
+
+def response_framing(req: Request, resp: Response) -> str:
+    """RFC 9112 §6.3: how the response body is delimited."""
+    if req.method == "HEAD" or resp.status in (204, 304) or resp.status < 200:
+        return "none"
+    if resp.chunked:
+        return "chunked"
+    if resp.content_length is not None:
+        return "length"
+    return "eof"
+
+
+def exchange(session: ClientSession, req: Request, target: Target, head: bytes, *,
+             timeout: float, response_control=None, retry_stale: bool = True,
+             upgrade: bool = False) -> Result:
+    """Send ``req`` (its head already serialised as ``head``, body still to come from
+    the client) to ``target`` and relay the response.  Raises HttpError/UpstreamError
+    before anything was sent to the client; after that, failures close the client."""
+    services = session.services
+    client = session.conn
+    result = Result(upstream=target.label)
+    started = monotonic()
+    deadline = started + timeout
+    body_pending = req.has_body()
+
+    # one write for head + body when the whole body is already here
+    if req.content_length and not req.expect_continue \
+            and len(session.buf) >= req.content_length:
+        n = req.content_length
+        head = head + session.buf[:n]
+        session.buf = session.buf[n:]
+        result.bytes_in = n
+        body_pending = False
+
+    conn = None if upgrade else services.pool.get(target.key)
+    reused = conn is not None
+    while True:
+        if conn is None:
+            conn = dial(session, target, deadline)
+        try:
+            conn.deadline = monotonic() + services.send_timeout
+            conn.sendall(head)
+        except (OSError, DeadlineExceeded) as e:
+            conn.close()
+            conn = None
+            if reused and retry_stale:
+                reused = False
+                continue
+            raise UpstreamError(502, f"sending to upstream: {e}") from None
+        if body_pending:
+            if req.expect_continue:
+                client.sendall(CONTINUE)
+            try:
+                session.buf, n = relay_body(
+                    client, conn, session.buf, "chunked" if req.chunked else "length",
+                    req.content_length or 0, "chunked" if req.chunked else "length",
+                    idle=services.body_timeout, send_timeout=services.send_timeout,
+                    pool=services.buffers, max_trailer=services.limits.max_head)
+                result.bytes_in += n
+            except BodyFramingError as e:
+                conn.abort()
+                raise HttpError(400, f"bad request body: {e}", "bad_request") from None
+            except (EarlyEOF, DeadlineExceeded) as e:
+                conn.abort()
+                raise ClientGone(f"request body incomplete: {e}") from None
+            except OSError as e:
+                conn.abort()
+                raise UpstreamError(502, f"sending the body upstream: {e}") from None
+        try:
+            resp, rest = _read_response(conn, deadline, services.limits.max_head * 2)
+        except UpstreamError as e:
+            conn.abort()
+            conn = None
+            if reused and retry_stale and e.before_response and not req.has_body():
+                reused = False
+                continue
+            raise
+        break
+
+    if resp.status == 101:
+        if not upgrade:
+            conn.abort()
+            raise UpstreamError(502, "unexpected 101 from upstream")
+        return _upgraded(session, req, conn, resp, rest, result, response_control)
+
+    framing = response_framing(req, resp)
+    out_framing = framing
+    close_client = session.wants_close(req)
+    if framing == "chunked" and req.version == 10:
+        out_framing, close_client = "raw", True
+    elif framing == "eof":
+        out_framing, close_client = "raw", True
+
+    headers: Triples = resp.headers
+    if response_control is not None:
+        headers = response_control.apply(headers)
+    lines = [b"HTTP/1.1 %d %s\r\n" % (resp.status, resp.reason or b"")]
+    skip = strip_set(resp.conn_tokens)
+    has_date = False
+    for ln, name, value in headers:
+        if ln in skip:
+            continue
+        if ln == b"date":
+            has_date = True
+        lines.append(name + b": " + value + b"\r\n")
+    if not has_date:
+        lines.append(b"Date: " + http_date() + b"\r\n")
+    lines.append(b"Via: " + services.policy.via + b"\r\n")
+    if out_framing == "length" or (framing == "none" and resp.content_length is not None
+                                   and req.method == "HEAD"):
+        lines.append(b"Content-Length: %d\r\n" % (resp.content_length or 0))
+    elif out_framing == "chunked":
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    if close_client:
+        lines.append(b"Connection: close\r\n")
+        session.closing = True
+    elif req.version == 10:
+        lines.append(b"Connection: keep-alive\r\n")
+    lines.append(b"\r\n")
+    out_head = b"".join(lines)
+    result.status = resp.status
+
+    reusable = resp.keep_alive and framing != "eof"
+    try:
+        client.deadline = monotonic() + services.send_timeout
+        if framing == "length" and len(rest) >= (resp.content_length or 0):
+            n = resp.content_length or 0
+            client.sendall(out_head + rest[:n])
+            leftover = rest[n:]
+            result.bytes_out = len(out_head) + n
+        else:
+            client.sendall(out_head)
+            result.bytes_out = len(out_head)
+            leftover, n = relay_body(
+                conn, client, rest, framing, resp.content_length or 0, out_framing,
+                idle=timeout if timeout > services.body_timeout else services.body_timeout,
+                send_timeout=services.send_timeout, pool=services.buffers,
+                max_trailer=services.limits.max_head)
+            result.bytes_out += n
+    except (BodyFramingError, EarlyEOF) as e:
+        conn.abort()
+        session.closing = True
+        client.abort()
+        raise ClientGone(f"upstream response body broken: {e}") from None
+    except (OSError, DeadlineExceeded) as e:
+        conn.abort()
+        session.closing = True
+        raise ClientGone(f"relaying the response: {e}") from None
+    if reusable and not leftover:
+        services.pool.put(target.key, conn)
+    else:
+        conn.close()
+    return result
+
+
+def _upgraded(session: ClientSession, req: Request, conn: Conn, resp: Response, rest: bytes,
+              result: Result, response_control) -> Result:
+    """101 Switching Protocols: pass the head on, then tunnel both ways."""
+    services = session.services
+    headers = resp.headers
+    if response_control is not None:
+        headers = response_control.apply(headers)
+    skip = strip_set(resp.conn_tokens) - {b"upgrade", b"connection"}
+    lines = [b"HTTP/1.1 101 %s\r\n" % (resp.reason or b"Switching Protocols")]
+    for ln, name, value in headers:
+        if ln not in skip and ln != b"connection":
+            lines.append(name + b": " + value + b"\r\n")
+    lines.append(b"Connection: Upgrade\r\n")
+    lines.append(b"Via: " + services.policy.via + b"\r\n\r\n")
+    out = b"".join(lines)
+    session.closing = True
+    result.status = 101
+    try:
+        session.conn.sendall(out)
+        sent_up, sent_down = tunnel(session.conn, conn, services.tunnel_idle,
+                                    services.buffers, to_b=session.buf, to_a=rest)
+        session.buf = b""
+        result.bytes_in += sent_up
+        result.bytes_out += len(out) + sent_down
+    except (OSError, DeadlineExceeded):
+        pass  # the tunnel ended by reset or idle timeout: both sides are closed below
+    finally:
+        conn.close()
+    return result

@@ -1,0 +1,303 @@
+"""The forward edge: clients configured to use qpxd as their HTTP proxy.
+
+Accepts absolute-form ``http://`` requests and ``CONNECT host:port`` (origin-form is
+refused with 400: a forward listener is no open reverse proxy).  Per request: loop and
+TRACE checks, the listener's rules (with Basic auth, spec §2.4), then the action:
+
+- ``block`` → 403 ``messages.blocked``; ``respond`` → the rule's local response;
+- ``direct`` → the origin, pooled keep-alive connections, SSRF guard and
+  ``connect_ports`` for CONNECT;
+- ``proxy`` / ``tunnel`` → through the action's (or listener's) upstream proxy: absolute
+  form for plain HTTP, ``CONNECT`` for tunnels; without any upstream, direct.
+
+Every request is decided on its own, so two requests on one keep-alive connection to
+two origins each reach their own origin.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..http.errors import HttpError, UpstreamError
+from ..http.headers import serialize, strip_set
+from ..http.request import Request
+from ..http.response import ResponseHeadParser
+from ..netio import Conn, DeadlineExceeded
+from ..policy import ActionPlan, Decision, ListenerPolicy
+from ..relay import tunnel
+from ..rules import MatchContext
+from .base import Client, ClientGone, ClientSession, Services, prologue
+from .exchange import Target, dial, exchange
+
+monotonic = time.monotonic
+
+_SKIP_EXTRA = frozenset((b"host", b"expect", b"max-forwards"))
+ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n"
+
+
+def via_loop(req: Request, proxy_name: bytes) -> bool:
+    """True when a Via entry's received-by is our own name (RFC 9110 §7.6.3)."""
+    for ln, _, value in req.headers:
+        if ln == b"via":
+            for entry in value.split(b","):
+                parts = entry.split()
+                if len(parts) >= 2 and parts[1].lower() == proxy_name:
+                    return True
+    return False
+
+
+def authority(host: str, port: int | None) -> bytes:
+    h = f"[{host}]" if ":" in host else host
+    return (h if port is None else f"{h}:{port}").encode("ascii")
+
+
+def request_head(req: Request, first_line: bytes, host: bytes, via: bytes, headers=None,
+                 max_forwards: int | None = None) -> bytes:
+    """The head sent upstream: our framing, our Host, hop-by-hop fields stripped."""
+    skip = strip_set(req.conn_tokens) | _SKIP_EXTRA
+    extra = [b"Host: " + host + b"\r\n", b"Via: " + via + b"\r\n"]
+    if max_forwards is not None:
+        extra.append(b"Max-Forwards: %d\r\n" % max_forwards)
+    if req.chunked:
+        extra.append(b"Transfer-Encoding: chunked\r\n")
+    elif req.content_length is not None:
+        extra.append(b"Content-Length: %d\r\n" % req.content_length)
+    if req.upgrade is not None:
+        extra.append(b"Connection: Upgrade\r\nUpgrade: " + req.upgrade + b"\r\n")
+    return serialize(first_line, req.headers if headers is None else headers, skip, extra)
+
+
+def max_forwards(req: Request) -> int | None:
+    """Max-Forwards of an OPTIONS/TRACE request (RFC 9110 §7.6.2), None otherwise."""
+    if req.method not in ("OPTIONS", "TRACE"):
+        return None
+    value = req.get(b"max-forwards")
+    if value is None:
+        return None
+    if not value.isdigit() or len(value) > 9:
+        raise HttpError(400, "invalid Max-Forwards", "bad_request")
+    return int(value)
+
+
+class ForwardEdge:
+    def __init__(self, lp: ListenerPolicy, services: Services):
+        self.lp = lp
+        self.services = services
+        self.name = lp.name
+
+    # ------------------------------------------------------------------ connection
+
+    def handle(self, sock, address) -> None:
+        services = self.services
+        conn = Conn(sock, services.sweeper)
+        try:
+            client = Client(address, sock.getsockname())
+            initial = prologue(conn, client, services, self.name, self.lp.model.xdp,
+                               self.lp.trusted, self.lp.filter)
+            if initial is not None:
+                self.serve(ClientSession(conn, services, client, self.name, initial))
+        except (OSError, DeadlineExceeded):
+            pass
+        finally:
+            conn.close()
+
+    def serve(self, session: ClientSession) -> None:
+        while True:
+            started = monotonic()
+            req = None
+            try:
+                req = session.read_request()
+                if req is None:
+                    return
+                if not self.handle_request(session, req, started):
+                    return
+            except HttpError as e:
+                n = session.error(e.status, e.message, req)
+                session.log_request(req, e.status, started, bytes_out=n, reason=e.reason)
+                return
+            except UpstreamError as e:
+                key = "gateway_timeout" if e.status == 504 else "proxy_error"
+                n = session.error(e.status, key, req)
+                session.log_request(req, e.status, started, bytes_out=n, reason=e.reason,
+                                    action="upstream-error")
+                return
+            except ClientGone as e:
+                if req is not None:
+                    session.log_request(req, 499, started, reason=str(e))
+                return
+            if session.closing:
+                return
+
+    # ------------------------------------------------------------------ request
+
+    def handle_request(self, session: ClientSession, req: Request, started: float) -> bool:
+        services = self.services
+        policy = services.policy
+        if req.form in ("origin", "asterisk"):
+            raise HttpError(400, "a forward proxy needs an absolute URI or CONNECT")
+        if req.method == "TRACE" and not services.trace_enabled:
+            raise HttpError(405, "TRACE is disabled", "trace_disabled")
+        if via_loop(req, policy.proxy_name):
+            raise HttpError(508, "request already passed this proxy (Via)", "loop_detected")
+        connect = req.method == "CONNECT"
+        if not connect and req.scheme != "http":
+            raise HttpError(501, f"{req.scheme}:// is not proxied (use CONNECT)",
+                            "not_implemented")
+        port = req.port or 80
+        ctx = MatchContext(src_ip=session.client.key, dst_port=port, host=req.host,
+                           sni=req.host if connect else None, method=req.method,
+                           path=req.path, headers=req)
+        decision = self.lp.decide(ctx, policy.users, req.get(b"proxy-authorization"))
+        action = decision.action
+        if decision.challenge:
+            n = session.reply(407, [(b"proxy-authenticate", b"Proxy-Authenticate",
+                                     b'Basic realm="' + policy.realm + b'"'),
+                                    (b"content-type", b"Content-Type",
+                                     b"text/plain; charset=utf-8")],
+                              policy.messages["proxy_auth_required"], req,
+                              close=req.has_body())
+            session.log_request(req, 407, started, rule=decision.rule, action="auth",
+                                bytes_out=n, reason="proxy authentication required")
+            return True
+        if action.type == "block":
+            n = session.reply(403, [(b"content-type", b"Content-Type",
+                                     b"text/plain; charset=utf-8")],
+                              policy.messages["blocked"], req, close=req.has_body())
+            session.log_request(req, 403, started, rule=decision.rule, action="block",
+                                bytes_out=n, reason="blocked by rule" if decision.rule
+                                else "blocked by default action")
+            return True
+        if action.type == "respond":
+            return self.respond(session, req, decision, started)
+        if connect:
+            return self.connect(session, req, decision, started)
+        return self.forward(session, req, decision, started, port)
+
+    def respond(self, session: ClientSession, req: Request, decision: Decision,
+                started: float) -> bool:
+        reply = decision.action.reply
+        headers = list(reply.headers)
+        if decision.headers is not None and decision.headers.response is not None:
+            headers = decision.headers.response.apply(headers)
+        n = session.reply(reply.status, headers, reply.body, req, close=req.has_body(),
+                          head_only=req.method == "HEAD")
+        session.log_request(req, reply.status, started, rule=decision.rule,
+                            action="respond", bytes_out=n)
+        return True
+
+    def forward(self, session: ClientSession, req: Request, decision: Decision,
+                started: float, port: int) -> bool:
+        services = self.services
+        action: ActionPlan = decision.action
+        mf = max_forwards(req)
+        if mf == 0:
+            return self.answer_max_forwards(session, req, started, decision)
+        headers = req.headers
+        if decision.headers is not None and decision.headers.request is not None:
+            headers = decision.headers.request.apply(headers)
+        host = authority(req.host, req.port)
+        target_path = req.path.encode("ascii")
+        if action.via is not None:
+            first = b"%s http://%s%s HTTP/1.1\r\n" % (req.method.encode(), host, target_path)
+            target = Target(action.via.host, action.via.port, via_proxy=True, guard=False)
+        else:
+            first = b"%s %s HTTP/1.1\r\n" % (req.method.encode(), target_path)
+            target = Target(req.host, port, via_proxy=False,
+                            guard=not self.lp.model.allow_local_destinations)
+        head = request_head(req, first, host, services.policy.via, headers,
+                            None if mf is None else mf - 1)
+        resp_control = decision.headers.response if decision.headers is not None else None
+        result = exchange(session, req, target, head, timeout=services.upstream_timeout,
+                          response_control=resp_control, upgrade=req.upgrade is not None)
+        session.log_request(req, result.status, started, rule=decision.rule,
+                            action=action.type, bytes_in=result.bytes_in,
+                            bytes_out=result.bytes_out, upstream=result.upstream)
+        return not session.closing
+
+    def answer_max_forwards(self, session: ClientSession, req: Request, started: float,
+                            decision: Decision) -> bool:
+        if req.method == "TRACE":
+            echo = b"%s %s HTTP/1.1\r\n" % (req.method.encode(), req.target.encode()) + \
+                b"".join(n + b": " + v + b"\r\n" for ln, n, v in req.headers
+                         if ln not in (b"proxy-authorization", b"authorization", b"cookie")) \
+                + b"\r\n"
+            n = session.reply(200, [(b"content-type", b"Content-Type", b"message/http")],
+                              echo, req, close=req.has_body())
+        else:
+            n = session.reply(200, [(b"allow", b"Allow",
+                                     b"GET, HEAD, POST, PUT, DELETE, OPTIONS, CONNECT")],
+                              b"", req, close=req.has_body())
+        session.log_request(req, 200, started, rule=decision.rule, action="max-forwards",
+                            bytes_out=n)
+        return True
+
+    # ------------------------------------------------------------------ CONNECT
+
+    def connect(self, session: ClientSession, req: Request, decision: Decision,
+                started: float) -> bool:
+        services = self.services
+        action = decision.action
+        ports = self.lp.connect_ports
+        if ports and req.port not in ports:
+            raise HttpError(403, f"CONNECT to port {req.port} is not allowed", "forbidden")
+        deadline = monotonic() + services.upstream_timeout
+        authority_b = authority(req.host, req.port)
+        if action.via is not None:
+            target = Target(action.via.host, action.via.port, via_proxy=True, guard=False)
+        else:
+            target = Target(req.host, req.port, via_proxy=False,
+                            guard=not self.lp.model.allow_local_destinations)
+        up = dial(session, target, deadline)
+        try:
+            leftover = b""
+            if action.via is not None:
+                leftover = self._connect_via(up, authority_b, deadline)
+            out = ESTABLISHED + b"Via: " + services.policy.via + b"\r\n\r\n"
+            session.conn.sendall(out)
+            session.closing = True
+            try:
+                up_bytes, down_bytes = tunnel(session.conn, up, services.tunnel_idle,
+                                              services.buffers, to_b=session.buf,
+                                              to_a=leftover)
+            except (OSError, DeadlineExceeded) as e:
+                session.log_request(req, 200, started, rule=decision.rule,
+                                    action=action.type, upstream=target.label,
+                                    reason=f"tunnel ended: {e}")
+                return False
+            if services.metrics is not None:
+                services.metrics.tunnel_bytes(self.name, up_bytes, down_bytes)
+            session.log_request(req, 200, started, rule=decision.rule, action=action.type,
+                                bytes_in=up_bytes, bytes_out=len(out) + down_bytes,
+                                upstream=target.label)
+            return False
+        finally:
+            up.close()
+
+    def _connect_via(self, up: Conn, authority_b: bytes, deadline: float) -> bytes:
+        """CONNECT through an upstream proxy; returns bytes read after its 2xx head."""
+        up.deadline = deadline
+        try:
+            up.sendall(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\nVia: %s\r\n\r\n"
+                       % (authority_b, authority_b, self.services.policy.via))
+            parser = ResponseHeadParser(65536)
+            while True:
+                data = up.recv()
+                if not data:
+                    raise UpstreamError(502, "upstream proxy closed during CONNECT")
+                resp = parser.feed(data)
+                if resp is None:
+                    continue
+                if 100 <= resp.status < 200:
+                    parser, data = ResponseHeadParser(65536), parser.rest
+                    resp = parser.feed(data) if data else None
+                    if resp is None:
+                        continue
+                if not 200 <= resp.status < 300:
+                    raise UpstreamError(502, f"upstream proxy answered CONNECT with "
+                                             f"{resp.status}")
+                up.deadline = 0.0
+                return parser.rest
+        except DeadlineExceeded:
+            raise UpstreamError(504, "upstream proxy CONNECT timed out") from None
+        except OSError as e:
+            raise UpstreamError(502, f"upstream proxy CONNECT failed: {e}") from None

@@ -1,0 +1,254 @@
+"""Prometheus metrics that add up across worker processes, restarts and reloads.
+
+Storage is ``prometheus_client``'s multiprocess mode: every process writes its values to
+mmap'd files in ``PROMETHEUS_MULTIPROC_DIR`` (the master creates the directory before the
+first fork); a scrape sums the files of every process, live or dead, so a dead worker's
+counts stay in the totals.  Gauges use ``livesum`` and the master marks dead workers.
+
+Cost: a multiprocess ``Counter.inc`` measured 1.1 µs and ``Histogram.observe`` 2.0 µs
+here — 3+ µs per request, ~8 % of a 38 µs request.  So the hot path does not touch them:
+increments land in plain per-process accumulators (one attribute add, ~0.05 µs) and the
+heartbeat (every 0.5 s) and the worker's exit flush them into the shared files.  A worker
+killed with SIGKILL loses at most its last half second of counts.
+
+Exposition (``metrics.listen``): ``/metrics`` in Prometheus text format and ``/health``
+(200 while the master runs its workers, 503 while it starts or stops).  Loopback clients
+are always allowed, others only inside ``metrics.allow`` (403 otherwise).
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                    2.5, 5.0, 10.0, 30.0)
+
+
+class _Count:
+    __slots__ = ("n", "child")
+
+    def __init__(self, child):
+        self.n = 0.0
+        self.child = child
+
+    def flush(self) -> None:
+        if self.n:
+            n, self.n = self.n, 0.0
+            self.child.inc(n)
+
+
+class _Hist:
+    __slots__ = ("counts", "sum", "child", "bounds")
+
+    def __init__(self, child, bounds):
+        self.child = child
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, v: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, v)] += 1
+        self.sum += v
+
+    def flush(self) -> None:
+        if not self.sum and not any(self.counts):
+            return
+        # prometheus_client keeps one value per bucket (+Inf last) and one for the sum;
+        # adding our batched deltas to them is what `observe` would have done n times.
+        buckets = self.child._buckets
+        for i, n in enumerate(self.counts):
+            if n:
+                buckets[i].inc(n)
+                self.counts[i] = 0
+        self.child._sum.inc(self.sum)
+        self.sum = 0.0
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status < 600 else "other"
+
+
+class WorkerMetrics:
+    """The metrics a worker updates, with batched accumulation."""
+
+    def __init__(self, prefix: str, worker: int):
+        p = prefix
+        self.worker = str(worker)
+        self._requests = Counter(f"{p}_requests_total", "Requests handled",
+                                 ["listener", "action", "status_class"])
+        self._duration = Histogram(f"{p}_request_duration_seconds",
+                                   "Time from request head to the end of the response",
+                                   ["listener"], buckets=DURATION_BUCKETS)
+        self._upstream = Histogram(f"{p}_upstream_response_seconds",
+                                   "Connect + response head latency of upstream exchanges",
+                                   ["listener"], buckets=DURATION_BUCKETS)
+        self._accepted = Counter(f"{p}_connections_accepted_total",
+                                 "Connections accepted, per worker and acceptor socket",
+                                 ["listener", "worker", "acceptor"])
+        self._active = Gauge(f"{p}_connections_active", "Open client connections",
+                             ["listener"], multiprocess_mode="livesum")
+        self._proxy = Counter(f"{p}_proxy_headers_total",
+                              "PROXY protocol headers by outcome", ["listener", "result"])
+        self._filter = Counter(f"{p}_connection_filter_drops_total",
+                               "Connections dropped by a connection filter",
+                               ["listener", "filter"])
+        self._rules = Counter(f"{p}_rule_evaluations_total", "Rule engine evaluations",
+                              ["listener"])
+        self._cands = Counter(f"{p}_rule_candidates_total",
+                              "Prefilter survivors fully matched (sum over evaluations)",
+                              ["listener"])
+        self._tunnel = Counter(f"{p}_tunnel_bytes_total", "Bytes relayed through tunnels",
+                               ["listener", "direction"])
+        self._health = Gauge(f"{p}_upstream_healthy",
+                             "1 when this worker considers the upstream healthy",
+                             ["reverse", "upstream"], multiprocess_mode="livemin")
+        self._counts: dict[tuple, _Count] = {}
+        self._hists: dict[tuple, _Hist] = {}
+        self._active_n: dict[str, int] = {}
+
+    # -- accumulation (hot path) ---------------------------------------------
+
+    def _c(self, metric, labels: tuple) -> _Count:
+        key = (id(metric),) + labels
+        acc = self._counts.get(key)
+        if acc is None:
+            acc = self._counts[key] = _Count(metric.labels(*labels))
+        return acc
+
+    def _h(self, metric, labels: tuple) -> _Hist:
+        key = (id(metric),) + labels
+        acc = self._hists.get(key)
+        if acc is None:
+            acc = self._hists[key] = _Hist(metric.labels(*labels), metric._upper_bounds[:-1])
+        return acc
+
+    def request(self, listener: str, action: str, status: int, duration: float) -> None:
+        self._c(self._requests, (listener, action, status_class(status))).n += 1
+        self._h(self._duration, (listener,)).observe(duration)
+
+    def upstream_latency(self, listener: str, seconds: float) -> None:
+        self._h(self._upstream, (listener,)).observe(seconds)
+
+    def proxy_header(self, listener: str, result: str) -> None:
+        self._c(self._proxy, (listener, result)).n += 1
+
+    def filter_drop(self, listener: str, name: str) -> None:
+        self._c(self._filter, (listener, name)).n += 1
+
+    def rules(self, listener: str, candidates: int) -> None:
+        self._c(self._rules, (listener,)).n += 1
+        self._c(self._cands, (listener,)).n += candidates
+
+    def tunnel_bytes(self, listener: str, up: int, down: int) -> None:
+        self._c(self._tunnel, (listener, "up")).n += up
+        self._c(self._tunnel, (listener, "down")).n += down
+
+    def upstream_health(self, reverse: str, upstream: str, healthy: bool) -> None:
+        self._health.labels(reverse, upstream).set(1 if healthy else 0)
+
+    def counting(self, handle, listener: str, acceptor: int):
+        acc = self._c(self._accepted, (listener, self.worker, str(acceptor)))
+        active = self._active_n
+        active.setdefault(listener, 0)
+
+        def counted(sock, address):
+            acc.n += 1
+            active[listener] += 1
+            try:
+                handle(sock, address)
+            finally:
+                active[listener] -= 1
+        return counted
+
+    def flush(self) -> None:
+        for acc in self._counts.values():
+            acc.flush()
+        for h in self._hists.values():
+            h.flush()
+        for listener, n in self._active_n.items():
+            self._active.labels(listener).set(n)
+
+
+class MasterMetrics:
+    def __init__(self, prefix: str):
+        self.restarts = Counter(f"{prefix}_worker_restarts_total", "Workers respawned")
+        self.reloads = Counter(f"{prefix}_reloads_total", "Reloads by outcome", ["result"])
+        self.workers = Gauge(f"{prefix}_workers", "Worker processes serving",
+                             multiprocess_mode="liveall")
+
+    @staticmethod
+    def process_dead(pid: int) -> None:
+        multiprocess.mark_process_dead(pid)
+
+
+def exposition() -> bytes:
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry)
+
+
+class MetricsEdge:
+    """Serves /metrics and /health on ``metrics.listen`` (tiny HTTP/1.1 server)."""
+
+    def __init__(self, services):
+        cfg = services.policy.config.metrics
+        self.services = services
+        self.path = cfg.path.encode()
+        self.allow = [ipaddress.ip_network(c) for c in cfg.allow]
+
+    def allowed(self, ip: str) -> bool:
+        addr = ipaddress.ip_address(ip)
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return addr.is_loopback or any(addr in net for net in self.allow)
+
+    def handle(self, sock, address) -> None:
+        import gevent
+
+        from .http.errors import HttpError, phrase
+        from .http.request import Limits, RequestHeadParser
+        from .netio import Conn, DeadlineExceeded
+
+        conn = Conn(sock, self.services.sweeper)
+        try:
+            if not self.allowed(address[0]):
+                status, body, ctype = 403, b"forbidden\n", b"text/plain"
+            else:
+                parser = RequestHeadParser(Limits())
+                conn.deadline = time.monotonic() + 10
+                req = None
+                while req is None:
+                    data = conn.recv()
+                    if not data:
+                        return
+                    req = parser.feed(data)
+                path = (req.path or "").split("?")[0].encode()
+                if path == b"/health":
+                    from .scoreboard import RUNNING
+
+                    state, workers = self.services.scoreboard.master_state()
+                    ok = state == RUNNING and not self.services.stopping
+                    status = 200 if ok else 503
+                    body = b"ok\n" if ok else b"unavailable\n"
+                    ctype = b"text/plain"
+                elif path == self.path and req.method in ("GET", "HEAD"):
+                    m = self.services.metrics
+                    if m is not None:
+                        m.flush()
+                    body = gevent.get_hub().threadpool.apply(exposition)
+                    status, ctype = 200, b"text/plain; version=0.0.4; charset=utf-8"
+                else:
+                    status, body, ctype = 404, b"not found\n", b"text/plain"
+            conn.deadline = time.monotonic() + 10
+            conn.sendall(b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+                         b"Connection: close\r\n\r\n%s"
+                         % (status, phrase(status).encode(), ctype, len(body), body))
+        except (HttpError, OSError, DeadlineExceeded):
+            pass
+        finally:
+            conn.close()

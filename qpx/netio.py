@@ -1,0 +1,263 @@
+"""Bytes on the wire: raw non-blocking sockets, reusable watchers, a deadline sweeper.
+
+Every edge (forward, reverse, transparent) and the upstream pool move bytes through
+:class:`Conn`.  It is deliberately not ``gevent.socket``: PERFORMANCE.md measured a raw
+non-blocking socket with its own reusable read/write watchers and ``hub.wait(watcher)``
+at +20-33 % request rate over gevent's socket wrappers, and a per-operation
+``gevent.Timeout``/``settimeout`` at -28 %.  So:
+
+- a :class:`Conn` owns one read and one write watcher for its whole life and tries the
+  system call first, waiting only on ``EAGAIN``;
+- timeouts are *deadlines*: an absolute ``time.monotonic()`` value on the connection,
+  checked before every wait and enforced by one :class:`Sweeper` greenlet per worker
+  that periodically throws :class:`DeadlineExceeded` into greenlets waiting past theirs.
+  Setting a deadline costs one attribute store; no timer is created per operation.
+
+Sizes: ``RECV_SIZE`` bounds one read of heads and small bodies; bulk copies (tunnels,
+large bodies) borrow big buffers from :class:`BufferPool` only while they hold data, so
+idle connections cost no buffer memory.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from typing import Iterable
+
+from gevent.hub import get_hub
+
+monotonic = time.monotonic
+
+RECV_SIZE = 65536
+BULK_SIZE = 1 << 20  # 1 MiB: PERFORMANCE.md measured 2.45 GB/s vs 1.2 GB/s for 64 KiB
+
+
+class DeadlineExceeded(Exception):
+    """The connection's deadline passed while it waited."""
+
+
+class Drain(Exception):
+    """Thrown into an idle keep-alive connection when the worker stops serving."""
+
+
+class Conn:
+    """A non-blocking socket with its own watchers and an absolute deadline (0 = none)."""
+
+    __slots__ = ("sock", "fd", "_rw", "_ww", "_wait", "waiting", "deadline", "closed",
+                 "_registry", "__weakref__")
+
+    def __init__(self, sock: socket.socket, registry: "Sweeper | None" = None):
+        sock.setblocking(False)
+        self.sock = sock
+        self.fd = fd = sock.fileno()
+        hub = get_hub()
+        loop = hub.loop
+        self._rw = loop.io(fd, 1)
+        self._ww = loop.io(fd, 2)
+        self._wait = hub.wait
+        self.waiting = None
+        self.deadline = 0.0
+        self.closed = False
+        self._registry = registry
+        if registry is not None:
+            registry.conns.add(self)
+
+    # ------------------------------------------------------------------ waiting
+
+    def _block(self, watcher) -> None:
+        deadline = self.deadline
+        if deadline and monotonic() >= deadline:
+            raise DeadlineExceeded()
+        self.waiting = watcher
+        try:
+            self._wait(watcher)
+        finally:
+            self.waiting = None
+
+    def wait_readable(self) -> None:
+        self._block(self._rw)
+
+    def wait_writable(self) -> None:
+        self._block(self._ww)
+
+    # ------------------------------------------------------------------ reading
+
+    def recv(self, size: int = RECV_SIZE) -> bytes:
+        """Bytes received, ``b""`` at EOF.  Blocks (cooperatively) until data or EOF."""
+        sock = self.sock
+        while True:
+            try:
+                return sock.recv(size)
+            except BlockingIOError:
+                self._block(self._rw)
+
+    def recv_into(self, buf, size: int = 0) -> int:
+        sock = self.sock
+        while True:
+            try:
+                return sock.recv_into(buf, size)
+            except BlockingIOError:
+                self._block(self._rw)
+
+    def recv_nowait(self, size: int = RECV_SIZE) -> bytes | None:
+        """Whatever is readable now: bytes, ``b""`` at EOF, ``None`` if nothing yet."""
+        try:
+            return self.sock.recv(size)
+        except BlockingIOError:
+            return None
+
+    def peek_alive(self) -> bool:
+        """True when an idle connection is still open and has nothing pending (a pooled
+        upstream connection the peer has closed reads as EOF here)."""
+        try:
+            data = self.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        del data
+        return False
+
+    # ------------------------------------------------------------------ writing
+
+    def sendall(self, data) -> None:
+        sock = self.sock
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        total = len(data)
+        if sent == total:
+            return
+        view = memoryview(data)
+        while sent < total:
+            try:
+                sent += sock.send(view[sent:])
+            except BlockingIOError:
+                self._block(self._ww)
+
+    def shutdown_write(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._registry is not None:
+            self._registry.conns.discard(self)
+        self._rw.close()
+        self._ww.close()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def abort(self) -> None:
+        """Close with RST (SO_LINGER 0): for connections in an unknown protocol state."""
+        if not self.closed:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            except OSError:
+                pass
+        self.close()
+
+    def interrupt(self, error: BaseException) -> bool:
+        """Throw ``error`` into the greenlet waiting on this connection, if any."""
+        watcher = self.waiting
+        if watcher is None:
+            return False
+        get_hub().cancel_wait(watcher, error)
+        return True
+
+
+class Sweeper:
+    """One per worker: every ``interval`` seconds, wake connections whose deadline passed."""
+
+    def __init__(self, interval: float = 0.1):
+        self.conns: set[Conn] = set()
+        self.interval = interval
+        self._glet = None
+
+    def start(self) -> None:
+        import gevent
+
+        self._glet = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        if self._glet is not None:
+            self._glet.kill(block=False)
+
+    def sweep(self, now: float) -> int:
+        woken = 0
+        for conn in list(self.conns):
+            d = conn.deadline
+            if d and now >= d and conn.waiting is not None:
+                conn.interrupt(DeadlineExceeded())
+                woken += 1
+        return woken
+
+    def _run(self) -> None:
+        import gevent
+
+        while True:
+            gevent.sleep(self.interval)
+            self.sweep(monotonic())
+
+
+class BufferPool:
+    """Large relay buffers, lent only while a copy holds data (idle tunnels hold none)."""
+
+    def __init__(self, size: int = BULK_SIZE, keep: int = 8):
+        self.size = size
+        self.keep = keep
+        self._free: list[bytearray] = []
+
+    def get(self) -> bytearray:
+        return self._free.pop() if self._free else bytearray(self.size)
+
+    def put(self, buf: bytearray) -> None:
+        if len(self._free) < self.keep:
+            self._free.append(buf)
+
+
+def tune_stream_socket(sock: socket.socket) -> None:
+    """TCP_NODELAY: a response head and body in separate segments must not wait on
+    Nagle + delayed ACK (PERFORMANCE.md: 1.1k req/s without it)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+
+
+def open_connection(addrs: Iterable[tuple], deadline: float,
+                    registry: Sweeper | None = None) -> Conn:
+    """Connect to the first of ``addrs`` ((family, sockaddr) pairs) that accepts before
+    ``deadline``.  Raises the last ``OSError`` or :class:`DeadlineExceeded`."""
+    last: Exception = OSError(errno.EHOSTUNREACH, "no address to connect to")
+    for family, sockaddr in addrs:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        tune_stream_socket(sock)
+        conn = Conn(sock, registry)
+        conn.deadline = deadline
+        try:
+            err = sock.connect_ex(sockaddr)
+            if err == errno.EINPROGRESS:
+                conn.wait_writable()
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except BaseException:
+            conn.close()
+            raise
+        if err == 0:
+            conn.deadline = 0.0
+            return conn
+        conn.close()
+        last = OSError(err, errno.errorcode.get(err, str(err)))
+        if err == errno.ECONNREFUSED:
+            last = ConnectionRefusedError(err, "connection refused")
+    raise last

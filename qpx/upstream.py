@@ -1,0 +1,149 @@
+"""Reaching upstreams: name resolution, the destination guard, keep-alive pools, dialing.
+
+- :class:`Resolver` answers IP literals at once and caches ``getaddrinfo`` results (run on
+  the hub's threadpool, sized by ``runtime.max_blocking_threads``) for ``ttl`` seconds.
+  The addresses it returns are the ones dialed: no second lookup (DNS rebinding).
+- :func:`is_local_destination` is the SSRF guard of reliability-anchors qpxd-R24:
+  loopback, unspecified, link-local and multicast targets are refused unless a listener
+  sets ``allow_local_destinations``.
+- :class:`ConnectionPool` keeps idle keep-alive upstream connections per key, most
+  recently used first, drops them after ``idle_timeout`` and checks a connection is still
+  open (no EOF, no stray bytes) before lending it.  Only connections whose last exchange
+  was framed without any doubt are ever returned to it (qpxd-R16).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+
+from .netio import Conn, DeadlineExceeded, Sweeper, open_connection
+
+monotonic = time.monotonic
+
+
+def literal_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def is_local_destination(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback or ip.is_unspecified or ip.is_link_local or ip.is_multicast
+
+
+class ResolveError(Exception):
+    pass
+
+
+class Resolver:
+    def __init__(self, ttl: float = 30.0, negative_ttl: float = 5.0, max_entries: int = 10000):
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.max_entries = max_entries
+        self._cache: dict[tuple[str, int], tuple[float, list | None]] = {}
+
+    def resolve(self, host: str, port: int, timeout: float) -> list[tuple[int, tuple]]:
+        ip = literal_ip(host)
+        if ip is not None:
+            if ip.version == 6:
+                return [(socket.AF_INET6, (str(ip), port, 0, 0))]
+            return [(socket.AF_INET, (str(ip), port))]
+        key = (host, port)
+        now = monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > now:
+            if hit[1] is None:
+                raise ResolveError(f"cannot resolve {host}")
+            return hit[1]
+        import gevent
+
+        try:
+            with gevent.Timeout(timeout, DeadlineExceeded()):
+                infos = gevent.get_hub().resolver.getaddrinfo(
+                    host, port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        except socket.gaierror:
+            self._store(key, now + self.negative_ttl, None)
+            raise ResolveError(f"cannot resolve {host}") from None
+        addrs = [(family, sockaddr) for family, _, _, _, sockaddr in infos]
+        self._store(key, now + self.ttl, addrs)
+        return addrs
+
+    def _store(self, key, expires: float, value) -> None:
+        if len(self._cache) >= self.max_entries:
+            self._cache.clear()
+        self._cache[key] = (expires, value)
+
+
+class ConnectionPool:
+    """Idle upstream connections keyed by (host, port) or ("proxy", host, port)."""
+
+    def __init__(self, max_idle_per_key: int = 64, idle_timeout: float = 30.0):
+        self.max_idle_per_key = max_idle_per_key
+        self.idle_timeout = idle_timeout
+        self._idle: dict[tuple, list[tuple[float, Conn]]] = {}
+
+    def get(self, key: tuple) -> Conn | None:
+        stack = self._idle.get(key)
+        if not stack:
+            return None
+        limit = monotonic() - self.idle_timeout
+        while stack:
+            since, conn = stack.pop()
+            if since >= limit and conn.peek_alive():
+                return conn
+            conn.close()
+        return None
+
+    def put(self, key: tuple, conn: Conn) -> None:
+        if conn.closed:
+            return
+        stack = self._idle.setdefault(key, [])
+        if len(stack) >= self.max_idle_per_key:
+            stack.pop(0)[1].close()
+        conn.deadline = 0.0
+        stack.append((monotonic(), conn))
+
+    def purge(self) -> int:
+        """Close connections idle for longer than ``idle_timeout``; returns how many."""
+        limit = monotonic() - self.idle_timeout
+        closed = 0
+        for key in list(self._idle):
+            stack = self._idle[key]
+            keep = [(t, c) for t, c in stack if t >= limit and not c.closed]
+            for t, c in stack:
+                if t < limit:
+                    c.close()
+                    closed += 1
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+        return closed
+
+    def close_all(self) -> None:
+        for stack in self._idle.values():
+            for _, conn in stack:
+                conn.close()
+        self._idle.clear()
+
+    def idle_count(self) -> int:
+        return sum(len(s) for s in self._idle.values())
+
+
+class Dialer:
+    """Resolve + guard + connect, with the connect bounded by ``deadline``."""
+
+    def __init__(self, resolver: Resolver, sweeper: Sweeper | None):
+        self.resolver = resolver
+        self.sweeper = sweeper
+
+    def addresses(self, host: str, port: int, deadline: float) -> list[tuple[int, tuple]]:
+        return self.resolver.resolve(host, port, max(0.001, deadline - monotonic()))
+
+    def connect(self, addrs: list[tuple[int, tuple]], deadline: float) -> Conn:
+        return open_connection(addrs, deadline, self.sweeper)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import time
 
-from ..http.body import BodyFramingError, EarlyEOF, relay_body
+from ..http.body import BodyFramingError, EarlyEOF, encode_chunks, relay_body
+from ..http.chunked import ChunkedDecoder, ChunkError
 from ..http.errors import HttpError, UpstreamError
 from ..http.headers import Triples, http_date, strip_set
 from ..http.request import Request
@@ -129,7 +130,10 @@ def exchange(session: ClientSession, req: Request, target: Target, head: bytes, 
     deadline = started + timeout
     body_pending = req.has_body()
 
-    # one write for head + body when the whole body is already here
+    # One write for head + body when the whole body is already here.  A chunked body is
+    # decoded as far as it has arrived *before* anything goes upstream, so a malformed
+    # start is refused with nothing sent (the upstream never sees a doomed request).
+    decoder = None
     if req.content_length and not req.expect_continue \
             and len(session.buf) >= req.content_length:
         n = req.content_length
@@ -137,6 +141,16 @@ def exchange(session: ClientSession, req: Request, target: Target, head: bytes, 
         session.buf = session.buf[n:]
         result.bytes_in = n
         body_pending = False
+    elif req.chunked and session.buf:
+        decoder = ChunkedDecoder(services.limits.max_head)
+        try:
+            pieces = decoder.feed(session.buf)
+        except ChunkError as e:
+            raise HttpError(400, f"bad request body: {e}", "bad_request") from None
+        head += encode_chunks(pieces, decoder.done)
+        result.bytes_in = sum(len(p) for p in pieces)
+        session.buf = decoder.rest if decoder.done else b""
+        body_pending = not decoder.done
 
     conn = None if upgrade else services.pool.get(target.key)
     reused = conn is not None
@@ -161,7 +175,8 @@ def exchange(session: ClientSession, req: Request, target: Target, head: bytes, 
                     client, conn, session.buf, "chunked" if req.chunked else "length",
                     req.content_length or 0, "chunked" if req.chunked else "length",
                     idle=services.body_timeout, send_timeout=services.send_timeout,
-                    pool=services.buffers, max_trailer=services.limits.max_head)
+                    pool=services.buffers, max_trailer=services.limits.max_head,
+                    decoder=decoder)
                 result.bytes_in += n
             except BodyFramingError as e:
                 conn.abort()

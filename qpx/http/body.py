@@ -43,7 +43,8 @@ def _write(dst: Conn | None, data, send_timeout: float, chunked: bool) -> None:
 
 def relay_body(src: Conn, dst: Conn | None, initial: bytes, kind: str, length: int,
                out: str, *, idle: float, send_timeout: float, pool: BufferPool,
-               max_trailer: int = 32768) -> tuple[bytes, int]:
+               max_trailer: int = 32768,
+               decoder: ChunkedDecoder | None = None) -> tuple[bytes, int]:
     """Copy one body from ``src`` to ``dst`` (``None`` discards it).  ``initial`` holds
     bytes already read after the head.  Returns (bytes read past the body, body size).
     Raises :class:`BodyFramingError`, :class:`EarlyEOF`, ``OSError`` or
@@ -76,7 +77,12 @@ def relay_body(src: Conn, dst: Conn | None, initial: bytes, kind: str, length: i
         return rest, total
 
     if kind == "chunked":
-        decoder = ChunkedDecoder(max_trailer)
+        if decoder is None:
+            decoder = ChunkedDecoder(max_trailer)
+        elif decoder.done:
+            if chunked_out and dst is not None:
+                dst.sendall(LAST_CHUNK)
+            return decoder.rest, 0
         data = initial
         while True:
             if data:
@@ -117,3 +123,9 @@ def relay_body(src: Conn, dst: Conn | None, initial: bytes, kind: str, length: i
         return b"", total
 
     return initial, 0  # "none"
+
+
+def encode_chunks(pieces, last: bool) -> bytes:
+    """Pieces re-framed as chunks (plus the last-chunk when ``last``)."""
+    out = b"".join(b"%x\r\n" % len(p) + bytes(p) + b"\r\n" for p in pieces if len(p))
+    return out + LAST_CHUNK if last else out

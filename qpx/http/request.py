@@ -42,6 +42,19 @@ _FRAMING = frozenset((b"content-length", b"transfer-encoding", b"host"))
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "ftp": 21}
 
 
+def te_error(value: bytes) -> HttpError | None:
+    """None when ``value`` is exactly ``chunked``; else the refusal RFC 9112 §6.1/§6.3
+    asks for: 400 when chunked is there but not last (or the list is malformed), 501 for
+    any other coding (qpxd decodes no coding but chunked)."""
+    codings = [c.strip().lower() for c in value.split(b",")]
+    if codings == [b"chunked"]:
+        return None
+    if b"chunked" in codings or not all(codings):
+        return HttpError(400, "Transfer-Encoding: chunked is not the only and last coding",
+                         "bad_request")
+    return HttpError(501, "unsupported transfer coding", "not_implemented")
+
+
 class Limits:
     __slots__ = ("max_line", "max_head", "max_count")
 
@@ -195,9 +208,9 @@ class RequestHeadParser:
             return HttpError(505, "HTTP/2 prior knowledge is not supported", "bad_request")
         if "Transfer-Encoding" in detail or "Content-Length" in detail:
             for m in _TE_LINE.finditer(head):
-                codings = [c.strip().lower() for c in m.group(1).split(b",")]
-                if any(c and c != b"chunked" for c in codings):
-                    return HttpError(501, "unsupported transfer coding", "not_implemented")
+                err = te_error(m.group(1))
+                if err is not None and err.status == 501:
+                    return err
         return HttpError(400, f"malformed request: {detail}", "bad_request")
 
     def _finish(self, head_size: int) -> Request:
@@ -252,8 +265,9 @@ class RequestHeadParser:
         if te is not None:
             if req.version == 10:
                 raise HttpError(400, "Transfer-Encoding in HTTP/1.0", "bad_request")
-            if te.strip().lower() != b"chunked":
-                raise HttpError(501, "unsupported transfer coding", "not_implemented")
+            err = te_error(te)
+            if err is not None:
+                raise err
             req.chunked = True
         if cl is not None:
             if te is not None:

@@ -1,0 +1,183 @@
+"""Every ``layer: http`` and ``layer: slow`` entry of the hostile corpus against a running
+qpxd forward listener.
+
+The listener sends ``app.example`` to a recording mock (as its upstream proxy), blocks
+``/admin`` and ``/denied``, and goes direct for anything else from loopback.  Origin-form
+request lines of the corpus are rewritten to absolute-form (a forward proxy refuses
+origin-form); everything else is sent byte for byte.  For every verdict but ``accept``,
+the mock must have received zero bytes.  Where the corpus allows a choice ("A-or-B"),
+``PINNED`` records qpxd's answer.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+
+import pytest
+from conftest import DEFAULTS, Daemon, free_port, merge
+from hostile import entries, read_responses
+from servers import Origin
+
+PINNED = {
+    "cl_duplicate_same": "400+close",        # llhttp refuses a repeated Content-Length
+    "cl_leading_zeros": "accept",             # forwarded as Content-Length: 10
+    "chunk_ext_oversized": "400+close",
+    "chunk_trailer_forbidden_fields": "accept",  # trailers dropped, never merged
+    "http09_request": "400+close",
+    "h2_prior_knowledge_preface": "505+close",
+    "method_lowercase_get": "501+close",      # llhttp knows no method "get"
+    "method_too_long": "501+close",           # refused at the first bytes, not after 100 KB
+    "absolute_form_unsupported_scheme": "501+close",
+    "via_loop": "508+close",
+    "get_with_body_kept": "accept",           # body forwarded intact with its length
+    "pipelined_rule_each_request": "per-request-rules",
+    "connect_no_port": "400+close",
+    "connect_port_25": "403",
+    "connect_loopback_v6": "403",
+    "connect_zero_address": "403",
+    "expect_100_then_deny": "403+close",
+}
+
+HTTP = [e for e in entries("http")]
+ORIGIN_FORM = re.compile(rb"(GET|POST|PUT|HEAD|DELETE|OPTIONS|PATCH) (/[^ \r\n]*)(?=[ \r\n])")
+
+
+def to_absolute(data: bytes) -> bytes:
+    return ORIGIN_FORM.sub(lambda m: m.group(1) + b" http://app.example" + m.group(2), data)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hostile")
+    mock = Origin("mock")
+    port = free_port()
+    cfg = merge(DEFAULTS, {
+        "identity": {"proxy_name": "qpxd-node1"},
+        "runtime": {"client_keepalive_timeout_ms": 2000, "http_header_read_timeout_ms": 3000,
+                    "client_body_timeout_ms": 1500, "send_timeout_ms": 1500},
+        "upstreams": [{"name": "mock", "url": f"http://127.0.0.1:{mock.port}"}],
+        "listeners": [{
+            "name": "fwd", "mode": "forward", "listen": f"127.0.0.1:{port}",
+            "default_action": {"type": "block"},
+            "rules": [
+                {"name": "deny-admin", "match": {"host": ["app.example"],
+                                                 "path": ["/admin", "/denied"]},
+                 "action": {"type": "block"}},
+                {"name": "app", "match": {"host": ["app.example"]},
+                 "action": {"type": "proxy", "upstream": "mock"}},
+                {"name": "rest", "match": {"src_ip": ["127.0.0.0/8"]},
+                 "action": {"type": "direct"}},
+            ]}],
+    })
+    d = Daemon(tmp, cfg).start()
+    yield d, mock, port
+    d.stop()
+    mock.close()
+
+
+def expectation(entry: dict) -> str:
+    return PINNED.get(entry["name"], entry["expect"])
+
+
+def send(port: int, data: bytes, timeout: float = 6.0):
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        try:
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        return read_responses(s, timeout)
+
+
+@pytest.mark.parametrize("entry", HTTP, ids=[e["name"] for e in HTTP])
+def test_http_corpus_entry(setup, entry):
+    d, mock, port = setup
+    with mock.lock:
+        mock.received.clear()
+        mock.requests.clear()
+    verdict = expectation(entry)
+    responses, closed = send(port, to_absolute(entry["data"]))
+    statuses = [r[0] for r in responses]
+    time.sleep(0.05)
+    got = bytes(mock.received)
+
+    if verdict == "accept":
+        assert statuses and all(200 <= s < 300 for s in statuses), (statuses, d.log()[-2000:])
+        assert mock.requests, "nothing reached the upstream"
+        check_accepted(entry["name"], mock)
+        return
+    if verdict == "per-request-rules":
+        assert statuses == [200, 403], statuses
+        assert len(mock.requests) == 1 and b"/upload" in mock.requests[0][0]
+        assert b"/admin" not in got
+        return
+    m = re.fullmatch(r"(\d{3})(\+close)?", verdict)
+    assert m, f"unpinned verdict {verdict!r}"
+    assert statuses[:1] == [int(m.group(1))], (statuses, responses[:1])
+    if m.group(2):
+        assert closed, "the connection stayed open after the error"
+        assert len(responses) == 1
+    assert got == b"", f"the upstream received {got[:200]!r}"
+
+
+def check_accepted(name: str, mock: Origin) -> None:
+    heads = [h.split(b"\r\n") for h, _ in mock.requests]
+    if name == "cl_leading_zeros":
+        assert b"Content-Length: 10" in heads[0] and b"Content-Length: 010" not in heads[0]
+        assert mock.requests[0][1] == b"0123456789"
+    elif name == "chunk_trailer_forbidden_fields":
+        assert mock.requests[0][1] == b"hello"
+        assert b"evil.example" not in bytes(mock.received)
+    elif name == "get_with_body_kept":
+        assert mock.requests[0][1] == b"1234567890"
+        assert b"Content-Length: 10" in heads[0]
+        assert len(mock.requests) == 2
+    elif name == "te_case_insensitive_ok":
+        assert mock.requests[0][1] == b"hello"
+    elif name == "uri_8000_ok":
+        assert b"a" * 7986 in heads[0][0]
+
+
+def test_slow_body_is_cut_at_the_body_idle_deadline(setup):
+    d, mock, port = setup
+    entry = next(e for e in entries("slow") if e["name"] == "slow_body_drip")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(to_absolute(entry["data"]))
+        t0 = time.monotonic()
+        closed_at = None
+        for _ in range(5):  # a byte every 2 s: slower than the 1.5 s body idle deadline
+            try:
+                s.sendall(b"x")
+                s.settimeout(2.0)
+                data = s.recv(4096)
+                if data == b"" or data:
+                    closed_at = time.monotonic() - t0
+                    break
+            except socket.timeout:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                closed_at = time.monotonic() - t0
+                break
+        assert closed_at is not None and closed_at < 4, closed_at
+
+
+def test_slow_reader_is_cut_at_the_send_deadline(setup):
+    d, mock, port = setup
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"GET http://app.example/size/50000000 HTTP/1.1\r\nHost: app.example\r\n\r\n")
+    time.sleep(4.0)  # never read: qpxd's send deadline (1.5 s) must fire
+    s.settimeout(5)
+    total = 0
+    try:
+        while True:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            total += len(chunk)
+    except (ConnectionResetError, socket.timeout):
+        pass
+    s.close()
+    assert total < 50000000, "the whole body was delivered to a client that never read"

@@ -64,7 +64,8 @@ def alive(pid: int) -> bool:
 
 class Daemon:
     def __init__(self, tmp: Path, config: dict, name: str = "qpxd", env: dict | None = None,
-                 args: list[str] | None = None):
+                 args: list[str] | None = None, defaults: bool = True):
+        self.defaults = defaults
         self.tmp = tmp
         self.config = config
         self.path = tmp / f"{name}.yaml"
@@ -128,7 +129,7 @@ class Daemon:
 
     def reload(self, config: dict | None = None, timeout: float = 20.0) -> None:
         if config is not None:
-            self.write(config)
+            self.write(merge(DEFAULTS, config) if self.defaults else config)
         n = self.log().count("reload complete") + self.log().count("reload aborted") + \
             self.log().count("reload failed")
         self.kill(signal.SIGHUP)
@@ -175,7 +176,7 @@ def qpxd(tmp_path):
     def make(config: dict, *, start: bool = True, name: str = "qpxd", defaults: bool = True,
              **kw) -> Daemon:
         cfg = merge(DEFAULTS, config) if defaults else config
-        d = Daemon(tmp_path, cfg, name=f"{name}{len(started) or ''}", **kw)
+        d = Daemon(tmp_path, cfg, name=f"{name}{len(started) or ''}", defaults=defaults, **kw)
         started.append(d)
         if start:
             d.start()

@@ -191,8 +191,9 @@ def qpxd(tmp_path):
 def origin():
     servers: list[Origin] = []
 
-    def make(name: str = "o", host: str = "127.0.0.1") -> Origin:
-        o = Origin(name, host)
+    def make(name: str = "o", host: str = "127.0.0.1", port: int = 0,
+             delay: float = 0.0) -> Origin:
+        o = Origin(name, host, port, delay)
         servers.append(o)
         return o
 
@@ -228,6 +229,12 @@ def forward_config(port: int, rules: list | None = None, **listener) -> dict:
     return {"listeners": [lst]}
 
 
+def reverse_config(port: int, routes: list, **reverse) -> dict:
+    rv = {"name": "rev", "listen": f"127.0.0.1:{port}", "routes": routes}
+    rv.update(reverse)
+    return {"reverse": [rv]}
+
+
 def raw_request(port: int, data: bytes, *, host: str = "127.0.0.1", timeout: float = 5.0,
                 read_all: bool = True, source: str | None = None) -> bytes:
     """Send ``data`` on a fresh connection and return everything read until the server
@@ -257,4 +264,4 @@ def have(tool: str) -> bool:
     return shutil.which(tool) is not None or os.path.exists(f"/usr/sbin/{tool}")
 
 
-__all__ = ["Daemon", "forward_config", "free_port", "raw_request", "have", "ROOT", "SHARED"]
+__all__ = ["Daemon", "forward_config", "reverse_config", "free_port", "raw_request", "have", "ROOT", "SHARED"]

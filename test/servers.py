@@ -145,8 +145,10 @@ class Origin(_Server):
     Every request head is appended to ``requests`` as (head bytes, body bytes).
     """
 
-    def __init__(self, name: str = "o", host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, name: str = "o", host: str = "127.0.0.1", port: int = 0,
+                 delay: float = 0.0):
         self.name = name
+        self.delay = delay
         self.requests: list[tuple[bytes, bytes]] = []
         super().__init__(host, port)
 
@@ -178,6 +180,8 @@ class Origin(_Server):
             n, _, v = h.partition(b":")
             headers.setdefault(n.strip().lower(), v.strip())
         close = headers.get(b"connection", b"").lower() == b"close"
+        if self.delay:
+            time.sleep(self.delay)
         if path.startswith(b"/slow"):
             secs = float(target.split(b"s=")[1]) if b"s=" in target else 2.0
             time.sleep(secs)

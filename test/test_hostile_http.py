@@ -1,12 +1,13 @@
 """Every ``layer: http`` and ``layer: slow`` entry of the hostile corpus against a running
-qpxd forward listener.
+qpxd, once through a forward listener and once through a reverse listener.
 
-The listener sends ``app.example`` to a recording mock (as its upstream proxy), blocks
-``/admin`` and ``/denied``, and goes direct for anything else from loopback.  Origin-form
-request lines of the corpus are rewritten to absolute-form (a forward proxy refuses
-origin-form); everything else is sent byte for byte.  For every verdict but ``accept``,
-the mock must have received zero bytes.  Where the corpus allows a choice ("A-or-B"),
-``PINNED`` records qpxd's answer.
+Forward: ``app.example`` goes to a recording mock (as the upstream proxy), ``/admin`` and
+``/denied`` are blocked, anything else from loopback goes direct; origin-form request
+lines of the corpus are rewritten to absolute-form (a forward proxy refuses origin-form),
+everything else is sent byte for byte.  Reverse: the same policy as routes (a local 403
+for ``/admin`` and ``/denied``), the bytes exactly as in the corpus.  For every verdict
+but ``accept``, the mock must have received zero bytes.  Where the corpus allows a
+choice ("A-or-B"), ``PINNED`` records qpxd's answer (``REVERSE`` where it differs).
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ PINNED = {
     "expect_100_then_deny": "403+close",
 }
 
+REVERSE = {
+    "connect_port_25": "405+close",           # a reverse proxy serves no CONNECT
+    "connect_loopback_v6": "405+close",
+    "connect_zero_address": "405+close",
+    "absolute_form_unsupported_scheme": "400+close",
+}
+
 HTTP = [e for e in entries("http")]
 ORIGIN_FORM = re.compile(rb"(GET|POST|PUT|HEAD|DELETE|OPTIONS|PATCH) (/[^ \r\n]*)(?=[ \r\n])")
 
@@ -48,17 +56,16 @@ def to_absolute(data: bytes) -> bytes:
     return ORIGIN_FORM.sub(lambda m: m.group(1) + b" http://app.example" + m.group(2), data)
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("hostile")
+@pytest.fixture(scope="module", params=["forward", "reverse"])
+def setup(request, tmp_path_factory):
+    mode = request.param
+    tmp = tmp_path_factory.mktemp(f"hostile-{mode}")
     mock = Origin("mock")
     port = free_port()
-    cfg = merge(DEFAULTS, {
-        "identity": {"proxy_name": "qpxd-node1"},
-        "runtime": {"client_keepalive_timeout_ms": 2000, "http_header_read_timeout_ms": 3000,
-                    "client_body_timeout_ms": 1500, "send_timeout_ms": 1500},
-        "upstreams": [{"name": "mock", "url": f"http://127.0.0.1:{mock.port}"}],
-        "listeners": [{
+    runtime = {"client_keepalive_timeout_ms": 2000, "http_header_read_timeout_ms": 3000,
+               "client_body_timeout_ms": 1500, "send_timeout_ms": 1500}
+    if mode == "forward":
+        edge = {"listeners": [{
             "name": "fwd", "mode": "forward", "listen": f"127.0.0.1:{port}",
             "default_action": {"type": "block"},
             "rules": [
@@ -70,14 +77,27 @@ def setup(tmp_path_factory):
                 {"name": "rest", "match": {"src_ip": ["127.0.0.0/8"]},
                  "action": {"type": "direct"}},
             ]}],
-    })
+            "upstreams": [{"name": "mock", "url": f"http://127.0.0.1:{mock.port}"}]}
+    else:
+        edge = {"reverse": [{
+            "name": "rev", "listen": f"127.0.0.1:{port}",
+            "routes": [
+                {"match": {"path": ["/admin", "/denied"]},
+                 "local_response": {"status": 403, "body": "forbidden"}},
+                {"match": {"host": ["app.example"]},
+                 "upstreams": [f"http://127.0.0.1:{mock.port}"]},
+            ]}]}
+    cfg = merge(DEFAULTS, {"identity": {"proxy_name": "qpxd-node1"}, "runtime": runtime,
+                           **edge})
     d = Daemon(tmp, cfg).start()
-    yield d, mock, port
+    yield mode, d, mock, port
     d.stop()
     mock.close()
 
 
-def expectation(entry: dict) -> str:
+def expectation(entry: dict, mode: str) -> str:
+    if mode == "reverse" and entry["name"] in REVERSE:
+        return REVERSE[entry["name"]]
     return PINNED.get(entry["name"], entry["expect"])
 
 
@@ -92,12 +112,13 @@ def send(port: int, data: bytes, timeout: float = 6.0):
 
 @pytest.mark.parametrize("entry", HTTP, ids=[e["name"] for e in HTTP])
 def test_http_corpus_entry(setup, entry):
-    d, mock, port = setup
+    mode, d, mock, port = setup
     with mock.lock:
         mock.received.clear()
         mock.requests.clear()
-    verdict = expectation(entry)
-    responses, closed = send(port, to_absolute(entry["data"]))
+    verdict = expectation(entry, mode)
+    data = to_absolute(entry["data"]) if mode == "forward" else entry["data"]
+    responses, closed = send(port, data)
     statuses = [r[0] for r in responses]
     time.sleep(0.05)
     got = bytes(mock.received)
@@ -139,11 +160,15 @@ def check_accepted(name: str, mock: Origin) -> None:
         assert b"a" * 7986 in heads[0][0]
 
 
+def absolute(mode: str, data: bytes) -> bytes:
+    return to_absolute(data) if mode == "forward" else data
+
+
 def test_slow_body_is_cut_at_the_body_idle_deadline(setup):
-    d, mock, port = setup
+    mode, d, mock, port = setup
     entry = next(e for e in entries("slow") if e["name"] == "slow_body_drip")
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(to_absolute(entry["data"]))
+        s.sendall(absolute(mode, entry["data"]))
         t0 = time.monotonic()
         closed_at = None
         for _ in range(5):  # a byte every 2 s: slower than the 1.5 s body idle deadline
@@ -163,11 +188,11 @@ def test_slow_body_is_cut_at_the_body_idle_deadline(setup):
 
 
 def test_slow_reader_is_cut_at_the_send_deadline(setup):
-    d, mock, port = setup
+    mode, d, mock, port = setup
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.connect(("127.0.0.1", port))
-    s.sendall(b"GET http://app.example/size/50000000 HTTP/1.1\r\nHost: app.example\r\n\r\n")
+    s.sendall(absolute(mode, b"GET /size/50000000 HTTP/1.1\r\nHost: app.example\r\n\r\n"))
     time.sleep(4.0)  # never read: qpxd's send deadline (1.5 s) must fire
     s.settimeout(5)
     total = 0
@@ -181,3 +206,28 @@ def test_slow_reader_is_cut_at_the_send_deadline(setup):
         pass
     s.close()
     assert total < 50000000, "the whole body was delivered to a client that never read"
+
+
+def test_slowloris_header_drip_is_cut_at_the_header_deadline(setup):
+    mode, d, mock, port = setup
+    entry = next(e for e in entries("slow") if e["name"] == "slowloris_header_drip")
+    data = absolute(mode, entry["data"])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        t0 = time.monotonic()
+        answer = None
+        for i in range(len(data)):
+            try:
+                s.sendall(data[i:i + 1])
+                s.settimeout(0.5)
+                answer = s.recv(4096)
+                break  # the server spoke (408) or closed (b"")
+            except socket.timeout:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                answer = b""
+                break
+        took = time.monotonic() - t0
+    assert answer is not None, "the trickling client was never cut off"
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 408")
+    assert 2.5 < took < 5.0, took  # the 3 s deadline is for the whole head
+    assert bytes(mock.received) == b""

@@ -15,7 +15,7 @@ import logging
 import time
 
 from .. import log
-from ..http.errors import HttpError, phrase
+from ..http.errors import HttpError, UpstreamError, phrase
 from ..http.headers import http_date
 from ..http.request import Limits, Request, RequestHeadParser
 from ..netio import BufferPool, Conn, DeadlineExceeded, Drain, Sweeper
@@ -304,3 +304,61 @@ class ClientSession:
         if services.metrics is not None:
             services.metrics.request(self.name, action or "refused", status,
                                      monotonic() - started)
+
+
+class HttpEdge:
+    """Accept → prologue → HTTP session loop; subclasses implement :meth:`handle_request`
+    and return whether the connection may carry another request."""
+
+    def __init__(self, services: Services, name: str, xdp, trusted, filt):
+        self.services = services
+        self.name = name
+        self.xdp = xdp
+        self.trusted = trusted
+        self.filter = filt
+
+    def handle(self, sock, address) -> None:
+        services = self.services
+        conn = Conn(sock, services.sweeper)
+        try:
+            client = Client(address, sock.getsockname())
+            initial = prologue(conn, client, services, self.name, self.xdp, self.trusted,
+                               self.filter)
+            if initial is not None:
+                self.serve(ClientSession(conn, services, client, self.name, initial))
+        except (OSError, DeadlineExceeded):
+            pass
+        finally:
+            conn.close()
+
+    def serve(self, session: ClientSession) -> None:
+        while True:
+            started = monotonic()
+            req = None
+            try:
+                req = session.read_request()
+                if req is None:
+                    return
+                if not self.handle_request(session, req, started):
+                    return
+            except HttpError as e:
+                n = session.error(e.status, e.message, req, e.headers)
+                session.log_request(req, e.status, started, bytes_out=n, reason=e.reason)
+                return
+            except UpstreamError as e:
+                n = session.error(e.status, self.upstream_message(e), req)
+                session.log_request(req, e.status, started, bytes_out=n, reason=e.reason,
+                                    action="upstream-error", upstream=e.upstream)
+                return
+            except ClientGone as e:
+                if req is not None:
+                    session.log_request(req, 499, started, reason=str(e))
+                return
+            if session.closing:
+                return
+
+    def upstream_message(self, e: UpstreamError) -> str:
+        return "gateway_timeout" if e.status == 504 else "proxy_error"
+
+    def handle_request(self, session: ClientSession, req: Request, started: float) -> bool:
+        raise NotImplementedError

@@ -45,11 +45,12 @@ class Target:
 
 
 class Result:
-    __slots__ = ("status", "bytes_in", "bytes_out", "upstream")
+    __slots__ = ("status", "bytes_in", "bytes_out", "upstream", "head_latency")
 
     def __init__(self, status=0, bytes_in=0, bytes_out=0, upstream=None):
         self.status, self.bytes_in, self.bytes_out, self.upstream = \
             status, bytes_in, bytes_out, upstream
+        self.head_latency = 0.0
 
 
 def dial(session: ClientSession, target: Target, deadline: float) -> Conn:
@@ -59,9 +60,9 @@ def dial(session: ClientSession, target: Target, deadline: float) -> Conn:
     try:
         addrs = services.dialer.addresses(target.host, target.port, deadline)
     except ResolveError as e:
-        raise UpstreamError(502, str(e)) from None
+        raise UpstreamError(502, str(e), sent=False) from None
     except DeadlineExceeded:
-        raise UpstreamError(504, f"resolving {target.host} timed out") from None
+        raise UpstreamError(504, f"resolving {target.host} timed out", sent=False) from None
     for _, sockaddr in addrs:
         if (sockaddr[0], sockaddr[1]) in services.own_addresses:
             raise HttpError(508, f"{target.label} is this proxy's own listener",
@@ -73,9 +74,11 @@ def dial(session: ClientSession, target: Target, deadline: float) -> Conn:
     try:
         return services.dialer.connect(addrs, deadline)
     except DeadlineExceeded:
-        raise UpstreamError(504, f"connecting to {target.label} timed out") from None
+        raise UpstreamError(504, f"connecting to {target.label} timed out",
+                            sent=False) from None
     except OSError as e:
-        raise UpstreamError(502, f"connecting to {target.label}: {e.strerror or e}") from None
+        raise UpstreamError(502, f"connecting to {target.label}: {e.strerror or e}",
+                            sent=False) from None
 
 
 def _read_response(up: Conn, deadline: float, max_head: int) -> tuple[Response, bytes]:
@@ -117,41 +120,58 @@ def response_framing(req: Request, resp: Response) -> str:
     return "eof"
 
 
+class _Prepared:
+    """The request as it leaves: the head plus every body byte already here, and the
+    state needed to stream the rest.  Building it does not consume ``session.buf``:
+    that happens only once the bytes are on their way (so a failed connect can be
+    retried elsewhere with the body intact)."""
+
+    __slots__ = ("data", "rest", "pending", "decoder", "body_bytes")
+
+    def __init__(self, session: ClientSession, req: Request, head: bytes):
+        buf = session.buf
+        self.data, self.rest, self.pending, self.decoder, self.body_bytes = \
+            head, buf, req.has_body(), None, 0
+        if req.content_length and not req.expect_continue and len(buf) >= req.content_length:
+            n = req.content_length
+            self.data, self.rest, self.pending, self.body_bytes = head + buf[:n], buf[n:], \
+                False, n
+        elif req.chunked and buf:
+            # Decode what has arrived before anything goes upstream: a malformed start
+            # is refused with nothing sent (the upstream never sees a doomed request).
+            decoder = ChunkedDecoder(session.services.limits.max_head)
+            try:
+                pieces = decoder.feed(buf)
+            except ChunkError as e:
+                raise HttpError(400, f"bad request body: {e}", "bad_request") from None
+            self.data = head + encode_chunks(pieces, decoder.done)
+            self.body_bytes = sum(len(p) for p in pieces)
+            self.rest = decoder.rest if decoder.done else b""
+            self.pending = not decoder.done
+            self.decoder = decoder
+
+
 def exchange(session: ClientSession, req: Request, target: Target, head: bytes, *,
-             timeout: float, response_control=None, retry_stale: bool = True,
-             upgrade: bool = False) -> Result:
+             timeout: float, response_control=None, upgrade: bool = False) -> Result:
     """Send ``req`` (its head already serialised as ``head``, body still to come from
     the client) to ``target`` and relay the response.  Raises HttpError/UpstreamError
     before anything was sent to the client; after that, failures close the client."""
+    try:
+        return _exchange(session, req, target, head, timeout, response_control, upgrade)
+    except UpstreamError as e:
+        if e.upstream is None:
+            e.upstream = target.label
+        raise
+
+
+def _send(session: ClientSession, req: Request, target: Target, out: _Prepared,
+          deadline: float, upgrade: bool) -> tuple[Conn, Response, bytes, int]:
+    """Write the request and read the response head.  A pooled connection that fails
+    before any response byte is replaced by a fresh one once, when the request can be
+    replayed from memory.  Returns (connection, response, bytes after its head, body
+    bytes sent)."""
     services = session.services
     client = session.conn
-    result = Result(upstream=target.label)
-    started = monotonic()
-    deadline = started + timeout
-    body_pending = req.has_body()
-
-    # One write for head + body when the whole body is already here.  A chunked body is
-    # decoded as far as it has arrived *before* anything goes upstream, so a malformed
-    # start is refused with nothing sent (the upstream never sees a doomed request).
-    decoder = None
-    if req.content_length and not req.expect_continue \
-            and len(session.buf) >= req.content_length:
-        n = req.content_length
-        head = head + session.buf[:n]
-        session.buf = session.buf[n:]
-        result.bytes_in = n
-        body_pending = False
-    elif req.chunked and session.buf:
-        decoder = ChunkedDecoder(services.limits.max_head)
-        try:
-            pieces = decoder.feed(session.buf)
-        except ChunkError as e:
-            raise HttpError(400, f"bad request body: {e}", "bad_request") from None
-        head += encode_chunks(pieces, decoder.done)
-        result.bytes_in = sum(len(p) for p in pieces)
-        session.buf = decoder.rest if decoder.done else b""
-        body_pending = not decoder.done
-
     conn = None if upgrade else services.pool.get(target.key)
     reused = conn is not None
     while True:
@@ -159,15 +179,17 @@ def exchange(session: ClientSession, req: Request, target: Target, head: bytes, 
             conn = dial(session, target, deadline)
         try:
             conn.deadline = monotonic() + services.send_timeout
-            conn.sendall(head)
+            conn.sendall(out.data)
         except (OSError, DeadlineExceeded) as e:
             conn.close()
             conn = None
-            if reused and retry_stale:
+            if reused:
                 reused = False
                 continue
             raise UpstreamError(502, f"sending to upstream: {e}") from None
-        if body_pending:
+        session.buf = out.rest
+        sent = out.body_bytes
+        if out.pending:
             if req.expect_continue:
                 client.sendall(CONTINUE)
             try:
@@ -176,8 +198,8 @@ def exchange(session: ClientSession, req: Request, target: Target, head: bytes, 
                     req.content_length or 0, "chunked" if req.chunked else "length",
                     idle=services.body_timeout, send_timeout=services.send_timeout,
                     pool=services.buffers, max_trailer=services.limits.max_head,
-                    decoder=decoder)
-                result.bytes_in += n
+                    decoder=out.decoder)
+                sent += n
             except BodyFramingError as e:
                 conn.abort()
                 raise HttpError(400, f"bad request body: {e}", "bad_request") from None
@@ -192,11 +214,23 @@ def exchange(session: ClientSession, req: Request, target: Target, head: bytes, 
         except UpstreamError as e:
             conn.abort()
             conn = None
-            if reused and retry_stale and e.before_response and not req.has_body():
+            if reused and e.before_response and not out.pending:
                 reused = False
                 continue
             raise
-        break
+        return conn, resp, rest, sent
+
+
+def _exchange(session: ClientSession, req: Request, target: Target, head: bytes,
+              timeout: float, response_control, upgrade: bool) -> Result:
+    services = session.services
+    client = session.conn
+    result = Result(upstream=target.label)
+    started = monotonic()
+    out = _Prepared(session, req, head)
+    conn, resp, rest, result.bytes_in = _send(session, req, target, out, started + timeout,
+                                              upgrade)
+    result.head_latency = monotonic() - started
 
     if resp.status == 101:
         if not upgrade:

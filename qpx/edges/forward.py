@@ -26,7 +26,7 @@ from ..netio import Conn, DeadlineExceeded
 from ..policy import ActionPlan, Decision, ListenerPolicy
 from ..relay import tunnel
 from ..rules import MatchContext
-from .base import Client, ClientGone, ClientSession, Services, prologue
+from .base import ClientSession, HttpEdge, Services
 from .exchange import Target, dial, exchange
 
 monotonic = time.monotonic
@@ -79,54 +79,10 @@ def max_forwards(req: Request) -> int | None:
     return int(value)
 
 
-class ForwardEdge:
+class ForwardEdge(HttpEdge):
     def __init__(self, lp: ListenerPolicy, services: Services):
+        super().__init__(services, lp.name, lp.model.xdp, lp.trusted, lp.filter)
         self.lp = lp
-        self.services = services
-        self.name = lp.name
-
-    # ------------------------------------------------------------------ connection
-
-    def handle(self, sock, address) -> None:
-        services = self.services
-        conn = Conn(sock, services.sweeper)
-        try:
-            client = Client(address, sock.getsockname())
-            initial = prologue(conn, client, services, self.name, self.lp.model.xdp,
-                               self.lp.trusted, self.lp.filter)
-            if initial is not None:
-                self.serve(ClientSession(conn, services, client, self.name, initial))
-        except (OSError, DeadlineExceeded):
-            pass
-        finally:
-            conn.close()
-
-    def serve(self, session: ClientSession) -> None:
-        while True:
-            started = monotonic()
-            req = None
-            try:
-                req = session.read_request()
-                if req is None:
-                    return
-                if not self.handle_request(session, req, started):
-                    return
-            except HttpError as e:
-                n = session.error(e.status, e.message, req)
-                session.log_request(req, e.status, started, bytes_out=n, reason=e.reason)
-                return
-            except UpstreamError as e:
-                key = "gateway_timeout" if e.status == 504 else "proxy_error"
-                n = session.error(e.status, key, req)
-                session.log_request(req, e.status, started, bytes_out=n, reason=e.reason,
-                                    action="upstream-error")
-                return
-            except ClientGone as e:
-                if req is not None:
-                    session.log_request(req, 499, started, reason=str(e))
-                return
-            if session.closing:
-                return
 
     # ------------------------------------------------------------------ request
 
@@ -209,6 +165,8 @@ class ForwardEdge:
         resp_control = decision.headers.response if decision.headers is not None else None
         result = exchange(session, req, target, head, timeout=services.upstream_timeout,
                           response_control=resp_control, upgrade=req.upgrade is not None)
+        if services.metrics is not None:
+            services.metrics.upstream_latency(self.name, result.head_latency)
         session.log_request(req, result.status, started, rule=decision.rule,
                             action=action.type, bytes_in=result.bytes_in,
                             bytes_out=result.bytes_out, upstream=result.upstream)

@@ -19,19 +19,26 @@ def phrase(status: int) -> str:
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, reason: str, message: str = "bad_request"):
+    def __init__(self, status: int, reason: str, message: str = "bad_request",
+                 headers: tuple = ()):
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.message = message  # a messages.* key
+        self.headers = headers  # extra (lname, name, value) response headers
 
 
 class UpstreamError(Exception):
     """The upstream leg failed: ``status`` is 502 (refused, reset, bad framing) or 504
-    (timeout); ``before_response`` tells whether no byte of a response had arrived."""
+    (timeout); ``before_response`` tells whether no byte of a response had arrived and
+    ``sent`` whether any byte of the request may have reached the upstream (False for a
+    failed connect: safe to retry anywhere)."""
 
-    def __init__(self, status: int, reason: str, before_response: bool = True):
+    def __init__(self, status: int, reason: str, before_response: bool = True,
+                 upstream: str | None = None, sent: bool = True):
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.before_response = before_response
+        self.upstream = upstream
+        self.sent = sent

@@ -212,6 +212,8 @@ def test_slowloris_header_drip_is_cut_at_the_header_deadline(setup):
     mode, d, mock, port = setup
     entry = next(e for e in entries("slow") if e["name"] == "slowloris_header_drip")
     data = absolute(mode, entry["data"])
+    with mock.lock:
+        mock.received.clear()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         t0 = time.monotonic()
         answer = None

@@ -37,6 +37,8 @@ from .errors import HttpError
 
 _HOST = re.compile(rb"^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9\-._~]*))(?::([0-9]{1,5}))?$")
 _SCHEME = re.compile(rb"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_VERSION = re.compile(rb"^HTTP/[0-9]\.[0-9]$")
 _TE_LINE = re.compile(rb"(?im)^transfer-encoding[ \t]*:[ \t]*([^\r\n]*)")
 _FRAMING = frozenset((b"content-length", b"transfer-encoding", b"host"))
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "ftp": 21}
@@ -198,9 +200,22 @@ class RequestHeadParser:
         except httptools.HttpParserUpgrade:
             pass  # CONNECT / Upgrade: the head is complete; the rest is ours to handle
         except httptools.HttpParserInvalidMethodError:
-            raise HttpError(501, "unknown request method", "not_implemented") from None
+            raise self._classify_method() from None
         except httptools.HttpParserError as e:
             raise self._classify(str(e)) from None
+
+    def _classify_method(self) -> HttpError:
+        """llhttp knows a fixed set of methods.  A well-formed request line with another
+        token is an unimplemented method (501, RFC 9110 §9.1); anything else — e.g. a
+        ``PROXY`` line from a peer that may not send one — is a bad request line."""
+        buf = bytes(self.buf)
+        line, crlf, _ = buf.partition(b"\r\n")
+        parts = line.split(b" ")
+        if not _TOKEN.match(parts[0]) or len(parts) > 3:
+            return HttpError(400, "malformed request line", "bad_request")
+        if crlf and (len(parts) != 3 or not _VERSION.match(parts[2])):
+            return HttpError(400, "malformed request line", "bad_request")
+        return HttpError(501, "unknown request method", "not_implemented")
 
     def _classify(self, detail: str) -> HttpError:
         head = bytes(self.buf)

@@ -36,6 +36,36 @@ def is_local_destination(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> b
     return ip.is_loopback or ip.is_unspecified or ip.is_link_local or ip.is_multicast
 
 
+_local_cache: dict[str, bool] = {}
+
+
+def is_local_address(ip: str) -> bool:
+    """True when ``ip`` is an address of this host (binding to it succeeds)."""
+    hit = _local_cache.get(ip)
+    if hit is None:
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.bind((ip, 0))
+            hit = True
+        except OSError:
+            hit = False
+        if len(_local_cache) > 1024:
+            _local_cache.clear()
+        _local_cache[ip] = hit
+    return hit
+
+
+def is_own_listener(own: set[tuple[str, int]], ip: str, port: int) -> bool:
+    """Whether (ip, port) reaches one of our listening sockets (loop guard), counting
+    wildcard listeners on any local address."""
+    if (ip, port) in own:
+        return True
+    if ("0.0.0.0", port) in own or ("::", port) in own:
+        return is_local_address(ip)
+    return False
+
+
 class ResolveError(Exception):
     pass
 

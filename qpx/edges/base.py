@@ -176,7 +176,7 @@ class ClientGone(Exception):
 class ClientSession:
     """The server side of one client connection."""
 
-    __slots__ = ("conn", "services", "client", "name", "buf", "closing", "requests")
+    __slots__ = ("conn", "services", "client", "name", "buf", "closing", "requests", "target")
 
     def __init__(self, conn: Conn, services: Services, client: Client, name: str,
                  initial: bytes):
@@ -187,6 +187,7 @@ class ClientSession:
         self.buf = initial
         self.closing = False
         self.requests = 0
+        self.target: tuple[str, int] | None = None  # transparent: where the client went
 
     def read_request(self) -> Request | None:
         """The next request head, or None when the connection should just close (EOF

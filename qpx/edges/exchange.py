@@ -24,7 +24,7 @@ from ..http.request import Request
 from ..http.response import Response, ResponseHeadParser
 from ..netio import Conn, DeadlineExceeded
 from ..relay import tunnel
-from ..upstream import ResolveError, is_local_destination, literal_ip
+from ..upstream import ResolveError, is_local_destination, is_own_listener, literal_ip
 from .base import ClientGone, ClientSession
 
 monotonic = time.monotonic
@@ -64,7 +64,7 @@ def dial(session: ClientSession, target: Target, deadline: float) -> Conn:
     except DeadlineExceeded:
         raise UpstreamError(504, f"resolving {target.host} timed out", sent=False) from None
     for _, sockaddr in addrs:
-        if (sockaddr[0], sockaddr[1]) in services.own_addresses:
+        if is_own_listener(services.own_addresses, sockaddr[0], sockaddr[1]):
             raise HttpError(508, f"{target.label} is this proxy's own listener",
                             "loop_detected")
         if target.guard:

@@ -79,6 +79,49 @@ def max_forwards(req: Request) -> int | None:
     return int(value)
 
 
+def local_reply(session: ClientSession, req: Request, decision: Decision,
+                started: float) -> bool:
+    """Answer with the rule's ``local_response`` and its response header control."""
+    reply = decision.action.reply
+    headers = list(reply.headers)
+    if decision.headers is not None and decision.headers.response is not None:
+        headers = decision.headers.response.apply(headers)
+    n = session.reply(reply.status, headers, reply.body, req, close=req.has_body(),
+                      head_only=req.method == "HEAD")
+    session.log_request(req, reply.status, started, rule=decision.rule, action="respond",
+                        bytes_out=n)
+    return True
+
+
+def connect_via(services: Services, up: Conn, authority_b: bytes, deadline: float) -> bytes:
+    """CONNECT through an upstream proxy; returns the bytes read after its 2xx head."""
+    up.deadline = deadline
+    try:
+        up.sendall(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\nVia: %s\r\n\r\n"
+                   % (authority_b, authority_b, services.policy.via))
+        parser = ResponseHeadParser(65536)
+        while True:
+            data = up.recv()
+            if not data:
+                raise UpstreamError(502, "upstream proxy closed during CONNECT")
+            resp = parser.feed(data)
+            if resp is None:
+                continue
+            if 100 <= resp.status < 200:
+                parser, data = ResponseHeadParser(65536), parser.rest
+                resp = parser.feed(data) if data else None
+                if resp is None:
+                    continue
+            if not 200 <= resp.status < 300:
+                raise UpstreamError(502, f"upstream proxy answered CONNECT with {resp.status}")
+            up.deadline = 0.0
+            return parser.rest
+    except DeadlineExceeded:
+        raise UpstreamError(504, "upstream proxy CONNECT timed out") from None
+    except OSError as e:
+        raise UpstreamError(502, f"upstream proxy CONNECT failed: {e}") from None
+
+
 class ForwardEdge(HttpEdge):
     def __init__(self, lp: ListenerPolicy, services: Services):
         super().__init__(services, lp.name, lp.model.xdp, lp.trusted, lp.filter)
@@ -124,22 +167,10 @@ class ForwardEdge(HttpEdge):
                                 else "blocked by default action")
             return True
         if action.type == "respond":
-            return self.respond(session, req, decision, started)
+            return local_reply(session, req, decision, started)
         if connect:
             return self.connect(session, req, decision, started)
         return self.forward(session, req, decision, started, port)
-
-    def respond(self, session: ClientSession, req: Request, decision: Decision,
-                started: float) -> bool:
-        reply = decision.action.reply
-        headers = list(reply.headers)
-        if decision.headers is not None and decision.headers.response is not None:
-            headers = decision.headers.response.apply(headers)
-        n = session.reply(reply.status, headers, reply.body, req, close=req.has_body(),
-                          head_only=req.method == "HEAD")
-        session.log_request(req, reply.status, started, rule=decision.rule,
-                            action="respond", bytes_out=n)
-        return True
 
     def forward(self, session: ClientSession, req: Request, decision: Decision,
                 started: float, port: int) -> bool:
@@ -209,7 +240,7 @@ class ForwardEdge(HttpEdge):
         try:
             leftover = b""
             if action.via is not None:
-                leftover = self._connect_via(up, authority_b, deadline)
+                leftover = connect_via(services, up, authority_b, deadline)
             out = ESTABLISHED + b"Via: " + services.policy.via + b"\r\n\r\n"
             session.conn.sendall(out)
             session.closing = True
@@ -230,32 +261,3 @@ class ForwardEdge(HttpEdge):
             return False
         finally:
             up.close()
-
-    def _connect_via(self, up: Conn, authority_b: bytes, deadline: float) -> bytes:
-        """CONNECT through an upstream proxy; returns bytes read after its 2xx head."""
-        up.deadline = deadline
-        try:
-            up.sendall(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\nVia: %s\r\n\r\n"
-                       % (authority_b, authority_b, self.services.policy.via))
-            parser = ResponseHeadParser(65536)
-            while True:
-                data = up.recv()
-                if not data:
-                    raise UpstreamError(502, "upstream proxy closed during CONNECT")
-                resp = parser.feed(data)
-                if resp is None:
-                    continue
-                if 100 <= resp.status < 200:
-                    parser, data = ResponseHeadParser(65536), parser.rest
-                    resp = parser.feed(data) if data else None
-                    if resp is None:
-                        continue
-                if not 200 <= resp.status < 300:
-                    raise UpstreamError(502, f"upstream proxy answered CONNECT with "
-                                             f"{resp.status}")
-                up.deadline = 0.0
-                return parser.rest
-        except DeadlineExceeded:
-            raise UpstreamError(504, "upstream proxy CONNECT timed out") from None
-        except OSError as e:
-            raise UpstreamError(502, f"upstream proxy CONNECT failed: {e}") from None

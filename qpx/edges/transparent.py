@@ -1,0 +1,255 @@
+"""The transparent edge: traffic redirected to qpxd without any client setting.
+
+Target discovery, in order: the PROXY destination (a trusted frontend said where the
+client was going), then the kernel's original destination (``SO_ORIGINAL_DST`` for IPv4,
+``IP6T_SO_ORIGINAL_DST`` for IPv6, after an iptables/nftables REDIRECT), then the HTTP
+``Host`` / TLS SNI (port 80/443).  An original destination equal to the listener's own
+address means the connection was not redirected and counts as unknown.
+
+The first bytes are sniffed under ``tls_peek_timeout_ms``:
+
+- a TLS ClientHello (reassembled across records, bounded) → rules on ``sni``,
+  ``dst_port``, ``src_ip`` and ``host`` = SNI → the raw bytes relayed to the target
+  (``direct``/``tunnel``) or through an upstream proxy's CONNECT (``proxy``); ``block``
+  and ``respond`` close;
+- anything else → HTTP, handled like the forward edge (rules, actions, header control,
+  local responses), each request sent to the discovered target; ``block`` answers 403
+  ``messages.forbidden``, upstream failures 502/504 (not a silent close);
+- no byte at all (server-speaks-first protocols) → when the target is known and the
+  rules allow its port (with no host), a raw relay; otherwise close.
+
+Loop guard: a target that is one of qpxd's own listening addresses is refused (508 for
+HTTP, close otherwise), never dialed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import struct
+import time
+
+from .. import log
+from ..http.errors import HttpError
+from ..http.request import Request
+from ..netio import Conn, DeadlineExceeded
+from ..policy import ListenerPolicy
+from ..relay import tunnel
+from ..rules import MatchContext
+from ..tlssniff import ClientHelloSniffer, NotTls
+from .base import Client, ClientSession, HttpEdge, Services, prologue
+from .exchange import Target, dial, exchange
+from .forward import authority, connect_via, local_reply, request_head, via_loop
+
+monotonic = time.monotonic
+
+SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST has the same value
+
+
+def original_destination(sock: socket.socket) -> tuple[str, int] | None:
+    """The pre-NAT destination of a REDIRECTed connection, or None."""
+    try:
+        if sock.family == socket.AF_INET6:
+            raw = sock.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)
+            port = struct.unpack_from("!H", raw, 2)[0]
+            ip = socket.inet_ntop(socket.AF_INET6, raw[8:24])
+        else:
+            raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+            port = struct.unpack_from("!H", raw, 2)[0]
+            ip = socket.inet_ntop(socket.AF_INET, raw[4:8])
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ENOPROTOOPT, errno.EINVAL, errno.EOPNOTSUPP):
+            log.log(logging.DEBUG, "SO_ORIGINAL_DST failed", error=str(e))
+        return None
+    local = sock.getsockname()
+    if (ip, port) == (local[0], local[1]):
+        return None  # not redirected: conntrack reports our own address
+    return ip, port
+
+
+class TransparentEdge(HttpEdge):
+    def __init__(self, lp: ListenerPolicy, services: Services):
+        super().__init__(services, lp.name, lp.model.xdp, lp.trusted, lp.filter)
+        self.lp = lp
+        self.guard = not lp.model.allow_local_destinations
+
+    # ------------------------------------------------------------------ connection
+
+    def handle(self, sock, address) -> None:
+        services = self.services
+        conn = Conn(sock, services.sweeper)
+        try:
+            client = Client(address, sock.getsockname())
+            initial = prologue(conn, client, services, self.name, self.xdp, self.trusted,
+                               self.filter)
+            if initial is None:
+                return
+            target = client.proxy_dst or original_destination(sock)
+            session = ClientSession(conn, services, client, self.name, initial)
+            session.target = target
+            data = self._sniff(conn, initial)
+            if not data:
+                self._raw(session, target)
+            elif data[0] == 0x16:
+                self._tls(session, target, data)
+            else:
+                session.buf = data
+                self.serve(session)
+        except (OSError, DeadlineExceeded):
+            pass
+        finally:
+            conn.close()
+
+    def _sniff(self, conn: Conn, data: bytes) -> bytes:
+        """The first bytes the client sends within the peek timeout (b"" if none)."""
+        if data:
+            return data
+        conn.deadline = monotonic() + self.services.peek_timeout
+        try:
+            data = conn.recv()
+        except DeadlineExceeded:
+            data = b""
+        conn.deadline = 0.0
+        return data
+
+    def _decide(self, session: ClientSession, port: int, host: str | None, sni: str | None):
+        ctx = MatchContext(src_ip=session.client.key, dst_port=port, host=host, sni=sni)
+        return self.lp.decide(ctx, self.services.policy.users)
+
+    def _refuse(self, session: ClientSession, started: float, why: str, rule=None) -> None:
+        session.log_request(None, 0, started, rule=rule, action="close", reason=why)
+
+    def _target(self, decision, host: str, port: int, deadline: float,
+                session: ClientSession):
+        """Dial the target (direct) or the upstream proxy and CONNECT through it."""
+        via = decision.action.via
+        if via is None:
+            return dial(session, Target(host, port, via_proxy=False, guard=self.guard),
+                        deadline), b""
+        up = dial(session, Target(via.host, via.port, via_proxy=True, guard=False), deadline)
+        try:
+            rest = connect_via(self.services, up, authority(host, port), deadline)
+        except BaseException:
+            up.close()
+            raise
+        return up, rest
+
+    def _relay(self, session: ClientSession, decision, host: str, port: int, first: bytes,
+               started: float, kind: str) -> None:
+        services = self.services
+        try:
+            up, rest = self._target(decision, host, port, monotonic() + services.upstream_timeout,
+                                    session)
+        except Exception as e:  # HttpError (guard/loop) or UpstreamError: close quietly
+            self._refuse(session, started, f"{kind}: {e}", decision.rule)
+            return
+        try:
+            sent_up, sent_down = tunnel(session.conn, up, services.tunnel_idle,
+                                        services.buffers, to_b=first, to_a=rest)
+            if services.metrics is not None:
+                services.metrics.tunnel_bytes(self.name, sent_up, sent_down)
+            session.log_request(None, 200, started, rule=decision.rule, action=kind,
+                                bytes_in=sent_up, bytes_out=sent_down,
+                                upstream=f"{host}:{port}")
+        except (OSError, DeadlineExceeded):
+            pass
+        finally:
+            up.close()
+
+    def _tls(self, session: ClientSession, target, data: bytes) -> None:
+        started = monotonic()
+        conn = session.conn
+        sniffer = ClientHelloSniffer()
+        conn.deadline = monotonic() + self.services.peek_timeout
+        try:
+            hello = sniffer.feed(data)
+            while hello is None:
+                chunk = conn.recv()
+                if not chunk:
+                    return
+                hello = sniffer.feed(chunk)
+        except NotTls as e:
+            self._refuse(session, started, f"not a TLS ClientHello: {e}")
+            return
+        except DeadlineExceeded:
+            self._refuse(session, started, "ClientHello not complete before the peek deadline")
+            return
+        conn.deadline = 0.0
+        sni = hello.sni
+        if target is None and sni is None:
+            self._refuse(session, started, "TLS without SNI and no original destination")
+            return
+        host, port = target if target is not None else (sni, 443)
+        decision = self._decide(session, port, sni or host, sni)
+        if decision.action.type not in ("direct", "tunnel", "proxy") or decision.challenge:
+            self._refuse(session, started, f"TLS to {sni or host}:{port} refused by "
+                                           f"{decision.rule or 'the default action'}",
+                         decision.rule)
+            return
+        self._relay(session, decision, host, port, bytes(sniffer.raw), started, "tls")
+
+    def _raw(self, session: ClientSession, target) -> None:
+        started = monotonic()
+        if target is None:
+            self._refuse(session, started, "no bytes and no original destination")
+            return
+        host, port = target
+        decision = self._decide(session, port, None, None)
+        if decision.action.type not in ("direct", "tunnel", "proxy") or decision.challenge:
+            self._refuse(session, started, f"silent client to {host}:{port} refused by "
+                                           f"{decision.rule or 'the default action'}",
+                         decision.rule)
+            return
+        self._relay(session, decision, host, port, b"", started, "raw")
+
+    # ------------------------------------------------------------------ HTTP
+
+    def handle_request(self, session: ClientSession, req: Request, started: float) -> bool:
+        services = self.services
+        policy = services.policy
+        if req.method == "CONNECT":
+            raise HttpError(405, "CONNECT on a transparent listener", "forbidden")
+        if req.method == "TRACE" and not services.trace_enabled:
+            raise HttpError(405, "TRACE is disabled", "trace_disabled")
+        if via_loop(req, policy.proxy_name):
+            raise HttpError(508, "request already passed this proxy (Via)", "loop_detected")
+        if session.target is not None:
+            host, port = session.target
+        elif req.host:
+            host, port = req.host, req.port or 80
+        else:
+            raise HttpError(400, "no destination: not redirected and no Host header")
+        ctx = MatchContext(src_ip=session.client.key, dst_port=port, host=req.host or host,
+                           method=req.method, path=req.path, headers=req)
+        decision = self.lp.decide(ctx, policy.users, req.get(b"proxy-authorization"))
+        action = decision.action
+        if decision.challenge or action.type == "block":
+            n = session.reply(403, [(b"content-type", b"Content-Type",
+                                     b"text/plain; charset=utf-8")],
+                              policy.messages["forbidden"], req, close=req.has_body())
+            session.log_request(req, 403, started, rule=decision.rule, action="block",
+                                bytes_out=n, reason="blocked")
+            return True
+        if action.type == "respond":
+            return local_reply(session, req, decision, started)
+        headers = req.headers
+        if decision.headers is not None and decision.headers.request is not None:
+            headers = decision.headers.request.apply(headers)
+        host_hdr = req.get(b"host") or authority(host, port)
+        path = (req.path or "/").encode("ascii")
+        if action.via is not None:
+            first = b"%s http://%s%s HTTP/1.1\r\n" % (req.method.encode(),
+                                                       authority(host, port), path)
+            target = Target(action.via.host, action.via.port, via_proxy=True, guard=False)
+        else:
+            first = b"%s %s HTTP/1.1\r\n" % (req.method.encode(), path)
+            target = Target(host, port, via_proxy=False, guard=self.guard)
+        head = request_head(req, first, host_hdr, policy.via, headers)
+        resp_control = decision.headers.response if decision.headers is not None else None
+        result = exchange(session, req, target, head, timeout=services.upstream_timeout,
+                          response_control=resp_control, upgrade=req.upgrade is not None)
+        session.log_request(req, result.status, started, rule=decision.rule,
+                            action=action.type, bytes_in=result.bytes_in,
+                            bytes_out=result.bytes_out, upstream=result.upstream)
+        return not session.closing

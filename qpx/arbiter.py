@@ -100,8 +100,8 @@ class Arbiter:
         self.exit_code = 0
         self.respawn_at: dict[int, float] = {}
         self.quick_deaths: dict[int, int] = {}
-        self.reloads = 0
         self.pid = os.getpid()
+        self.metrics = None
         self._wake_r = self._wake_w = self._notify_r = self._notify_w = -1
         self._ready: set[int] = set()
 
@@ -144,11 +144,16 @@ class Arbiter:
         return self.exit_code
 
     def _setup_metrics_dir(self) -> None:
-        if self.cfg.metrics is None or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            return
-        import tempfile
+        """Every process writes its metrics to files in one directory (prometheus_client
+        multiprocess mode); it must exist before the first worker forks, and before a
+        reload could turn metrics on, so it is made at start whatever the config says."""
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            import tempfile
 
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="qpxd-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="qpxd-metrics-")
+        from .metrics import MasterMetrics
+
+        self.metrics = MasterMetrics(self.cfg.identity.metrics_prefix)
 
     def _setup_signals(self) -> None:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -252,6 +257,8 @@ class Arbiter:
             return False
         self.generation = generation
         self.cfg, self.policy, self.num_workers = cfg, policy, workers
+        if self.metrics is not None:
+            self.metrics.workers.set(workers)
         self.respawn_at.clear()
         self.quick_deaths.clear()
         grace = cfg.runtime.graceful_timeout_ms / 1000.0
@@ -282,6 +289,8 @@ class Arbiter:
             if info is None:
                 continue
             self.scoreboard.release(info.entry)
+            if self.metrics is not None:
+                self.metrics.process_dead(pid)
             self._ready.discard(pid)
             self._exited(info, status, starting or set())
 
@@ -319,6 +328,8 @@ class Arbiter:
             if when <= now and not self.stopping:
                 del self.respawn_at[index]
                 self._spawn(index, self.generation, self.cfg, self.policy, self.num_workers)
+                if self.metrics is not None:
+                    self.metrics.restarts.inc()
 
     def _check_heartbeats(self) -> None:
         now = monotonic()
@@ -406,18 +417,23 @@ class Arbiter:
                     log.log(logging.ERROR, f"config error: {issue}")
                 log.log(logging.ERROR, "reload aborted: the configuration is invalid; still "
                         "serving the previous one", errors=len(e.issues))
+                self._count_reload("invalid")
                 return
             for w in warnings:
                 log.log(logging.WARNING, f"config warning: {w}")
             if (cfg.logging.level, cfg.logging.format, cfg.logging.error_log) != \
                     (self.cfg.logging.level, self.cfg.logging.format, self.cfg.logging.error_log):
                 log.setup(cfg.logging.level, cfg.logging.format, cfg.logging.error_log, "master")
-            if self._roll(cfg, policy, cfg.runtime.workers(), "reload"):
-                self.reloads += 1
+            ok = self._roll(cfg, policy, cfg.runtime.workers(), "reload")
+            self._count_reload("ok" if ok else "failed")
         finally:
             if not self.stopping:
                 self.scoreboard.set_master(RUNNING, self.num_workers)
                 sdnotify.notify("READY=1")
+
+    def _count_reload(self, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.reloads.labels(result).inc()
 
     def handle_term(self) -> None:
         if self.stopping:

@@ -178,6 +178,8 @@ class MasterMetrics:
     def __init__(self, prefix: str):
         self.restarts = Counter(f"{prefix}_worker_restarts_total", "Workers respawned")
         self.reloads = Counter(f"{prefix}_reloads_total", "Reloads by outcome", ["result"])
+        for result in ("ok", "invalid", "failed"):
+            self.reloads.labels(result)
         self.workers = Gauge(f"{prefix}_workers", "Worker processes serving",
                              multiprocess_mode="liveall")
 

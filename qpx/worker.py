@@ -137,6 +137,7 @@ def run_worker(spec: WorkerSpec) -> int:
     services.scoreboard = spec.scoreboard
     pool = gevent.pool.Pool(cfg.runtime.max_concurrent_connections)
     servers = []
+    metrics_servers = []
     for ep in spec.endpoints:
         handle = _handler_for(ep.kind, ep.name, services)
         for i, sock in enumerate(ep.sockets):
@@ -147,7 +148,7 @@ def run_worker(spec: WorkerSpec) -> int:
                 handle_i = handle
             server = Acceptor(sock, handle_i, spawn=pool)
             server.start()
-            servers.append(server)
+            (metrics_servers if ep.kind == "metrics" else servers).append(server)
     services.sweeper.start()
 
     done = gevent.event.Event()
@@ -159,8 +160,10 @@ def run_worker(spec: WorkerSpec) -> int:
         state["stopping"] = True
         for server in servers:
             server.close()
-        services.drain()
+        services.drain()  # /health answers 503 from now on, until the last request ends
         pool.join(timeout=cfg.runtime.graceful_timeout_ms / 1000.0)
+        for server in metrics_servers:
+            server.close()
         if len(pool):
             log.log(30, "graceful timeout: closing remaining connections",
                     connections=len(pool))

@@ -64,11 +64,19 @@ class _Server:
     def close(self) -> None:
         self._stop = True
         try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
             self.sock.close()
         except OSError:
             pass
         with self.lock:
             for c in self._conns:
+                try:  # shutdown wakes a thread blocked in recv; close alone would not
+                    c.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
                 try:
                     c.close()
                 except OSError:

@@ -358,6 +358,11 @@ class HttpEdge:
             if session.closing:
                 return
 
+    def count_rules(self, ruleset) -> None:
+        metrics = self.services.metrics
+        if metrics is not None:
+            metrics.rules(self.name, ruleset.last_candidates)
+
     def upstream_message(self, e: UpstreamError) -> str:
         return "gateway_timeout" if e.status == 504 else "proxy_error"
 

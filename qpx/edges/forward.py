@@ -147,6 +147,7 @@ class ForwardEdge(HttpEdge):
                            sni=req.host if connect else None, method=req.method,
                            path=req.path, headers=req)
         decision = self.lp.decide(ctx, policy.users, req.get(b"proxy-authorization"))
+        self.count_rules(self.lp.ruleset)
         action = decision.action
         if decision.challenge:
             n = session.reply(407, [(b"proxy-authenticate", b"Proxy-Authenticate",

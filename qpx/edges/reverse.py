@@ -96,6 +96,7 @@ class ReverseEdge(HttpEdge):
         ctx = MatchContext(src_ip=client.key, dst_port=client.dst_port, host=req.host,
                            sni=None, method=req.method, path=req.path, headers=req)
         route = self.rp.route(ctx)
+        self.count_rules(self.rp.ruleset)
         if route is None:
             raise HttpError(404, "no route matches", "reverse_error")
         if route.reply is not None:

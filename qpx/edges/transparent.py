@@ -115,7 +115,9 @@ class TransparentEdge(HttpEdge):
 
     def _decide(self, session: ClientSession, port: int, host: str | None, sni: str | None):
         ctx = MatchContext(src_ip=session.client.key, dst_port=port, host=host, sni=sni)
-        return self.lp.decide(ctx, self.services.policy.users)
+        decision = self.lp.decide(ctx, self.services.policy.users)
+        self.count_rules(self.lp.ruleset)
+        return decision
 
     def _refuse(self, session: ClientSession, started: float, why: str, rule=None) -> None:
         session.log_request(None, 0, started, rule=rule, action="close", reason=why)
@@ -223,6 +225,7 @@ class TransparentEdge(HttpEdge):
         ctx = MatchContext(src_ip=session.client.key, dst_port=port, host=req.host or host,
                            method=req.method, path=req.path, headers=req)
         decision = self.lp.decide(ctx, policy.users, req.get(b"proxy-authorization"))
+        self.count_rules(self.lp.ruleset)
         action = decision.action
         if decision.challenge or action.type == "block":
             n = session.reply(403, [(b"content-type", b"Content-Type",

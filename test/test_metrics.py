@@ -1,0 +1,211 @@
+"""Metrics across workers, restarts and reloads; /health; logs and log reopening."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+from conftest import forward_config, free_port, raw_request
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def scrape(port: int, path: str = "/metrics", source: str | None = None) -> tuple[int, str]:
+    resp = raw_request(port, b"GET %s HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n"
+                       % path.encode(), source=source)
+    head, _, body = resp.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body.decode()
+
+
+def samples(text: str) -> dict[tuple, float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def total(text: str, name: str, **labels) -> float:
+    want = set(labels.items())
+    return sum(v for (n, lab), v in samples(text).items()
+               if n == name and want <= set(lab))
+
+
+def get(port: int, origin_addr: str, n: int = 1) -> None:
+    for _ in range(n):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET http://%s/m HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+                      % (origin_addr.encode(), origin_addr.encode()))
+            while s.recv(65536):
+                pass
+
+
+def config(port: int, mport: int, workers: int = 2, **extra) -> dict:
+    cfg = forward_config(port)
+    cfg["runtime"] = {"worker_threads": workers, "acceptor_tasks_per_listener": 2}
+    cfg["metrics"] = {"listen": f"127.0.0.1:{mport}"}
+    cfg.update(extra)
+    return cfg
+
+
+def wait_total(mport, name, expected, timeout=5.0, **labels) -> float:
+    deadline = time.monotonic() + timeout
+    value = -1.0
+    while time.monotonic() < deadline:
+        value = total(scrape(mport)[1], name, **labels)
+        if value == expected:
+            return value
+        time.sleep(0.2)
+    return value
+
+
+def test_counters_add_up_over_workers_restarts_and_reloads(qpxd, origin):
+    o = origin()
+    port, mport = free_port(), free_port()
+    d = qpxd(config(port, mport))
+    threads = [threading.Thread(target=get, args=(port, o.addr, 250)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    name = "qpx_requests_total"
+    assert wait_total(mport, name, 1000, listener="fwd", action="direct",
+                      status_class="2xx") == 1000
+    text = scrape(mport)[1]
+    per_worker = {w: total(text, "qpx_connections_accepted_total", listener="fwd", worker=w)
+                  for w in ("0", "1")}
+    assert sum(per_worker.values()) == 1000 and all(per_worker.values()), per_worker
+    assert total(text, "qpx_request_duration_seconds_count", listener="fwd") == 1000
+    assert total(text, "qpx_rule_evaluations_total", listener="fwd") == 1000
+    # a worker killed -9 after its last flush keeps its counts in the totals
+    time.sleep(0.7)
+    os.kill(d.workers()[0], signal.SIGKILL)
+    time.sleep(0.5)
+    assert total(scrape(mport)[1], name, listener="fwd") == 1000
+    d.reload()
+    get(port, o.addr, 10)
+    assert wait_total(mport, name, 1010, listener="fwd") == 1010
+    text = scrape(mport)[1]
+    assert total(text, "qpx_reloads_total", result="ok") == 1
+    assert total(text, "qpx_worker_restarts_total") == 1
+
+
+def test_exposition_parses_and_names_are_prefixed(qpxd, origin):
+    o = origin()
+    port, mport = free_port(), free_port()
+    qpxd(config(port, mport, identity={"metrics_prefix": "edge"}))
+    get(port, o.addr, 3)
+    time.sleep(0.7)
+    status, text = scrape(mport)
+    assert status == 200
+    names = {f.name for f in text_string_to_metric_families(text)}
+    for expected in ("edge_requests", "edge_request_duration_seconds",
+                     "edge_connections_accepted", "edge_connections_active",
+                     "edge_upstream_response_seconds", "edge_rule_evaluations",
+                     "edge_reloads", "edge_workers"):
+        assert expected in names, (expected, sorted(names))
+    assert not any(n.startswith("qpx_") for n in names)
+
+
+def test_health_is_200_running_and_503_while_stopping(qpxd, origin):
+    o = origin()
+    port, mport = free_port(), free_port()
+    d = qpxd(config(port, mport, workers=1))
+    assert scrape(mport, "/health") == (200, "ok\n")
+    t = threading.Thread(target=get, args=(port, o.addr.replace("", "") + "", 0))
+    slow = threading.Thread(target=lambda: raw_request(
+        port, b"GET http://%s/slow?s=2 HTTP/1.1\r\nHost: x\r\n\r\n" % o.addr.encode()))
+    slow.start()
+    time.sleep(0.5)
+    d.kill(signal.SIGTERM)
+    time.sleep(0.3)
+    assert scrape(mport, "/health")[0] == 503
+    slow.join(10)
+    assert d.proc.wait(15) == 0
+    del t
+
+
+def test_proxy_header_and_filter_counters(qpxd):
+    port, mport = free_port(), free_port()
+    cfg = {"reverse": [{"name": "rev", "listen": f"127.0.0.1:{port}",
+                        "xdp": {"enabled": True, "metadata_mode": "proxy-v1",
+                                "trusted_peers": ["127.0.0.1/32"]},
+                        "connection_filter": [{"name": "drop-net",
+                                               "match": {"src_ip": ["198.51.100.0/24"]}}],
+                        "routes": [{"match": {}, "local_response": {"body": "ok"}}]}],
+           "metrics": {"listen": f"127.0.0.1:{mport}"},
+           "runtime": {"worker_threads": 1}}
+    qpxd(cfg)
+    req = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    raw_request(port, b"PROXY TCP4 203.0.113.1 10.0.0.1 1 80\r\n" + req)
+    raw_request(port, b"PROXY TCP4 010.0.0.1 10.0.0.1 1 80\r\n" + req)
+    raw_request(port, b"PROXY TCP4 198.51.100.9 10.0.0.1 1 80\r\n" + req)
+    time.sleep(0.7)
+    text = scrape(mport)[1]
+    assert total(text, "qpx_proxy_headers_total", listener="rev", result="accepted") == 2
+    assert total(text, "qpx_proxy_headers_total", listener="rev",
+                 result="proxy-v1-bad-address") == 1
+    assert total(text, "qpx_connection_filter_drops_total", filter="drop-net") == 1
+
+
+def test_metrics_refuse_clients_outside_allow(qpxd):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to add an interface with a non-loopback address")
+    tag = uuid.uuid4().hex[:6]
+    ifname, ip = f"qd{tag}", f"10.214.{int(tag[:2], 16) % 250 + 1}.1"
+    r = subprocess.run(["ip", "link", "add", ifname, "type", "veth", "peer", "name",
+                        f"qe{tag}"], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot add a veth interface: {r.stderr!r}")
+    try:
+        subprocess.run(["ip", "addr", "add", f"{ip}/32", "dev", ifname], check=True)
+        subprocess.run(["ip", "link", "set", ifname, "up"], check=True)
+        mport = free_port()
+        cfg = forward_config(free_port())
+        cfg["metrics"] = {"listen": f"0.0.0.0:{mport}", "allow": ["192.0.2.0/24"]}
+        qpxd(cfg)
+        assert scrape(mport, source=ip)[0] == 403  # neither loopback nor allowed
+        assert scrape(mport)[0] == 200  # loopback is always allowed
+    finally:
+        subprocess.run(["ip", "link", "del", ifname], capture_output=True)
+
+
+def test_access_log_file_reopens_on_usr1(qpxd, origin, tmp_path):
+    o = origin()
+    port = free_port()
+    access = tmp_path / "access.log"
+    cfg = forward_config(port)
+    cfg["logging"] = {"access_log": str(access), "format": "json"}
+    d = qpxd(cfg)
+    get(port, o.addr, 2)
+    time.sleep(0.8)
+    rotated = tmp_path / "access.log.1"
+    access.rename(rotated)
+    d.kill(signal.SIGUSR1)
+    time.sleep(0.5)
+    get(port, o.addr, 3)
+    time.sleep(0.8)
+    assert len(rotated.read_text().splitlines()) == 2
+    lines = access.read_text().splitlines()
+    assert len(lines) == 3
+    rec = json.loads(lines[0])
+    assert rec["status"] == 200 and rec["listener"] == "fwd" and rec["action"] == "direct"
+    assert rec["client"].startswith("127.0.0.1:") and rec["rule"] == "loopback"
+
+
+def test_text_logs_and_refusals_are_logged(qpxd):
+    port = free_port()
+    cfg = forward_config(port)
+    cfg["logging"] = {"format": "text", "access_log": "-"}
+    d = qpxd(cfg)
+    raw_request(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(0.8)
+    out = d.out()
+    assert '"GET /" 400' in out and 'reason="a forward proxy needs' in out
+    assert " info " in d.log() and "qpxd ready" in d.log()

@@ -1,0 +1,167 @@
+"""The command line: check on every shipped and compatibility file, match, usage."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import QPXD, ROOT, SHARED
+
+from qpx import __version__
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(QPXD + list(args), capture_output=True, text=True, cwd=ROOT)
+
+
+SHIPPED = [ROOT / "etc" / "qpx.yaml"] + sorted((ROOT / "etc" / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_config_checks(path):
+    r = run("check", "-c", str(path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("config ok: ")
+
+
+COMPAT = SHARED / "compat"
+ACCEPTED = [
+    "usecases/01-getting-started/forward-local-dev-direct.yaml",
+    "usecases/01-getting-started/forward-minimal.yaml",
+    "usecases/01-getting-started/reverse-basic-http.yaml",
+    "usecases/01-getting-started/transparent-linux-original-dst.yaml",
+    "usecases/02-secure-egress/forward-adblock-privacy.yaml",
+    "usecases/02-secure-egress/forward-local-auth-basic-digest.yaml",
+    "usecases/02-secure-egress/forward-upstream-chain.yaml",
+    "usecases/03-service-publishing/reverse-load-balance-retry.yaml",
+    "usecases/03-service-publishing/reverse-path-rewrite.yaml",
+    "usecases/06-local-response/all-modes-policy.yaml",
+    "usecases/06-local-response/forward-debug.yaml",
+    "usecases/06-local-response/reverse-maintenance.yaml",
+    "usecases/06-local-response/transparent-captive-portal.yaml",
+    "usecases/08-performance-and-xdp/runtime-multicore-scaling.yaml",
+    "usecases/08-performance-and-xdp/xdp-forward-reverse-proxy-metadata.yaml",
+    "usecases/09-composition/include-forward.yaml",
+    "usecases/09-composition/include-transparent-reverse.yaml",
+    "usecases/09-composition/multi-mode-office-gateway.yaml",
+]
+REFUSED = {
+    "qpx.example.yaml": ["exporter.enabled", "auth.ldap", "listeners.0.http3.enabled",
+                         "listeners.0.tls_inspection.enabled",
+                         "listeners.0.rules.1.auth.require.0",
+                         "listeners.0.rules.1.action.type", "reverse.0.tls",
+                         "reverse.0.http3.enabled"],
+    "usecases/02-secure-egress/forward-firewall-style-policy.yaml": [
+        "listeners.0.tls_inspection.enabled", "listeners.0.rules.1.action.type"],
+    "usecases/03-service-publishing/reverse-advanced-routing.yaml": [
+        "reverse.0.routes.0.mirrors"],
+}
+needs_compat = pytest.mark.skipif(not COMPAT.exists(), reason="shared/compat is absent")
+
+
+@needs_compat
+@pytest.mark.parametrize("rel", ACCEPTED)
+def test_compat_configs_accepted(rel):
+    r = run("check", "-c", str(COMPAT / rel))
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@needs_compat
+def test_compat_proxy_without_upstream_warns_and_names_the_rule():
+    r = run("check", "-c", str(COMPAT / "usecases/02-secure-egress/"
+                                         "forward-local-auth-basic-digest.yaml"))
+    assert r.returncode == 0
+    assert "rule 'allow-authenticated-users': action proxy has no upstream" in r.stderr
+
+
+@needs_compat
+@pytest.mark.parametrize("rel,paths", list(REFUSED.items()))
+def test_compat_configs_refused_by_name(rel, paths):
+    r = run("check", "-c", str(COMPAT / rel))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == len(paths)
+    for line, path in zip(lines, paths):
+        assert f": {path}: " in line and line.endswith("not supported by this build"), line
+
+
+def test_match_prints_the_rule_and_why_earlier_ones_failed(tmp_path):
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("""
+version: 1
+listeners:
+  - name: fwd
+    mode: forward
+    listen: "127.0.0.1:18080"
+    default_action: { type: block }
+    rules:
+      - name: ads
+        match: { host: ["*.ads.example"] }
+        action: { type: block }
+      - name: corp
+        match: { src_ip: ["10.0.0.0/8"], method: [GET] }
+        action: { type: direct }
+      - name: api
+        match: { host: ["api.example.com"], path: ["/v1/*"],
+                 headers: [{ name: X-Team, value: core }] }
+        action: { type: respond, local_response: { status: 202 } }
+reverse:
+  - name: rev
+    listen: "127.0.0.1:19080"
+    routes:
+      - match: { host: [a.example] }
+        upstreams: ["http://127.0.0.1:8080/base"]
+""")
+    r = run("match", "-c", str(cfg), "--listener", "fwd", "--src-ip", "192.0.2.1",
+            "--host", "api.example.com", "--path", "/v1/x?y", "--method", "get",
+            "--header", "X-Team: core")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "listener 'fwd': 3 rules",
+        "  0: 'ads' does not match: host",
+        "  1: 'corp' does not match: src_ip",
+        "  2: 'api' MATCHES",
+        "-> action: respond (local response 202)",
+    ]
+    r = run("match", "-c", str(cfg), "--listener", "fwd", "--host", "other.example")
+    assert r.returncode == 3
+    assert r.stdout.splitlines()[-1] == "-> no rule matches: default action block"
+    r = run("match", "-c", str(cfg), "--reverse", "rev", "--host", "a.example")
+    assert r.returncode == 0 and "upstreams: 127.0.0.1:8080/base (lb round_robin)" in r.stdout
+    r = run("match", "-c", str(cfg), "--listener", "nope")
+    assert r.returncode == 2 and "no listener 'nope' (listeners: fwd)" in r.stderr
+    r = run("match", "-c", str(cfg), "--listener", "fwd", "--src-ip", "not-ip")
+    assert r.returncode == 2
+
+
+def test_version_help_and_usage_errors():
+    r = run("version")
+    assert r.returncode == 0 and r.stdout == f"qpxd {__version__}\n"
+    r = run("--help")
+    assert r.returncode == 0
+    for word in ("run", "check", "match", "kill -HUP", "exit codes"):
+        assert word in r.stdout
+    r = run("check")
+    assert r.returncode == 2 and "-c/--config" in r.stderr
+    r = run()
+    assert r.returncode == 2
+    r = run("-c")
+    assert r.returncode == 2
+
+
+def test_run_refuses_a_broken_config_before_binding(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nlisteners: []\nbogus: 1\n")
+    r = run("-c", str(bad))
+    assert r.returncode == 1
+    assert "bogus: unknown key" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_console_script_is_installed():
+    exe = Path(QPXD[0]).parent / "qpxd"
+    if not exe.exists():
+        pytest.skip("qpxd console script not installed in this environment")
+    r = subprocess.run([str(exe), "version"], capture_output=True, text=True)
+    assert r.stdout == f"qpxd {__version__}\n"

@@ -27,6 +27,7 @@ from servers import Echo, Origin, free_port  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 QPXD = [sys.executable, str(ROOT / "qpxd.py")]
 SHARED = ROOT.parent / "shared"
+DATA = Path(__file__).resolve().parent / "data"
 
 DEFAULTS = {
     "version": 1,
@@ -264,4 +265,4 @@ def have(tool: str) -> bool:
     return shutil.which(tool) is not None or os.path.exists(f"/usr/sbin/{tool}")
 
 
-__all__ = ["Daemon", "forward_config", "reverse_config", "free_port", "raw_request", "have", "ROOT", "SHARED"]
+__all__ = ["DATA", "Daemon", "forward_config", "reverse_config", "free_port", "raw_request", "have", "ROOT", "SHARED"]

@@ -1,7 +1,7 @@
 """The shared hostile-input corpus (../shared/corpus/hostile_inputs.py) for the tests.
 
-``entries(layer)`` loads it (skipping cleanly when the shared folder is absent) and
-expands the ``expand`` markers.  ``read_responses`` reads HTTP responses off a socket as a
+``entries(layer)`` loads the copy in ``test/data/`` (see its README) and expands the
+``expand`` markers.  ``read_responses`` reads HTTP responses off a socket as a
 client would: by their framing, then reports whether the server closed afterwards.
 """
 
@@ -12,7 +12,7 @@ import socket
 import time
 from pathlib import Path
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "hostile_inputs.py"
+CORPUS = Path(__file__).resolve().parent / "data" / "hostile_inputs.py"
 
 
 def load() -> dict:

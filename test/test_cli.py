@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import QPXD, ROOT, SHARED
+from conftest import DATA, QPXD, ROOT
 
 from qpx import __version__
 
@@ -25,7 +25,7 @@ def test_every_shipped_config_checks(path):
     assert r.stdout.startswith("config ok: ")
 
 
-COMPAT = SHARED / "compat"
+COMPAT = DATA / "compat"
 ACCEPTED = [
     "usecases/01-getting-started/forward-local-dev-direct.yaml",
     "usecases/01-getting-started/forward-minimal.yaml",

@@ -684,7 +684,7 @@ def test_error_messages_escape_untrusted_bytes():
 
 # --------------------------------------------------------------------- shared corpus
 
-CORPUS_PATH = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "hostile_inputs.py"
+CORPUS_PATH = Path(__file__).resolve().parent / "data" / "hostile_inputs.py"
 LAYERS = {"proxy-v1": 1, "proxy-v2": 2}
 
 

@@ -83,6 +83,19 @@ def cpu_plan(cfg: Config) -> list[int] | None:
     return list(aff)
 
 
+def _raise_nofile() -> None:
+    """Every connection is a descriptor (two when proxied): lift the soft limit to the
+    hard one, as nginx's worker_rlimit_nofile or HAProxy do."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
 class Arbiter:
     def __init__(self, files: list[str], cfg: Config, policy: Policy,
                  pidfile: str | None = None):
@@ -117,6 +130,7 @@ class Arbiter:
         except ImportError:  # pragma: no cover
             pass
         self._setup_metrics_dir()
+        _raise_nofile()
         try:
             self._bind(cfg, self.num_workers)
         except BindError as e:

@@ -83,21 +83,41 @@ class Conn:
 
     # ------------------------------------------------------------------ reading
 
-    def recv(self, size: int = RECV_SIZE) -> bytes:
-        """Bytes received, ``b""`` at EOF.  Blocks (cooperatively) until data or EOF."""
+    def recv(self, size: int = RECV_SIZE, timeout: float = 0.0) -> bytes:
+        """Bytes received, ``b""`` at EOF.  Blocks (cooperatively) until data or EOF,
+        at most until the connection's deadline; a ``timeout`` (seconds) replaces that
+        deadline when the call has to wait."""
         sock = self.sock
         while True:
             try:
                 return sock.recv(size)
             except BlockingIOError:
+                if timeout:
+                    self.deadline = monotonic() + timeout
                 self._block(self._rw)
 
-    def recv_into(self, buf, size: int = 0) -> int:
+    def recv_later(self, size: int = RECV_SIZE) -> bytes:
+        """``recv`` for data that cannot have arrived yet (a response just after its
+        request, a keep-alive client's next request): wait for readability first.
+        Trying first would cost a failing syscall plus a BlockingIOError, whose errno
+        text CPython decodes through iconv, on nearly every call."""
+        sock = self.sock
+        while True:
+            self._block(self._rw)
+            try:
+                return sock.recv(size)
+            except BlockingIOError:
+                continue
+
+    def recv_into(self, buf, size: int = 0, timeout: float = 0.0) -> int:
+        """Like ``recv``, into ``buf``; ``timeout`` as in :meth:`sendall`."""
         sock = self.sock
         while True:
             try:
                 return sock.recv_into(buf, size)
             except BlockingIOError:
+                if timeout:
+                    self.deadline = monotonic() + timeout
                 self._block(self._rw)
 
     def recv_nowait(self, size: int = RECV_SIZE) -> bytes | None:
@@ -121,7 +141,10 @@ class Conn:
 
     # ------------------------------------------------------------------ writing
 
-    def sendall(self, data) -> None:
+    def sendall(self, data, timeout: float = 0.0) -> None:
+        """Send everything.  ``timeout`` (seconds without progress) becomes the deadline
+        only when the socket buffer is full and the call has to wait; 0 keeps the
+        connection's current deadline."""
         sock = self.sock
         try:
             sent = sock.send(data)
@@ -135,6 +158,8 @@ class Conn:
             try:
                 sent += sock.send(view[sent:])
             except BlockingIOError:
+                if timeout:
+                    self.deadline = monotonic() + timeout
                 self._block(self._ww)
 
     def shutdown_write(self) -> None:

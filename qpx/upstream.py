@@ -121,10 +121,14 @@ class ConnectionPool:
         stack = self._idle.get(key)
         if not stack:
             return None
-        limit = monotonic() - self.idle_timeout
+        now = monotonic()
+        limit = now - self.idle_timeout
         while stack:
             since, conn = stack.pop()
-            if since >= limit and conn.peek_alive():
+            # A connection used within the last second is lent without the MSG_PEEK
+            # syscall; if the peer closed it anyway, the exchange retries once on a
+            # fresh connection (nothing was received: safe to replay).
+            if since >= limit and (now - since < 1.0 or conn.peek_alive()):
                 return conn
             conn.close()
         return None

@@ -97,6 +97,18 @@ def _handler_for(kind: str, name: str, services):
     return MetricsEdge(services).handle
 
 
+def _start_profile():
+    """QPXD_PROFILE=PATH: profile this worker with cProfile and write PATH.<pid> when it
+    stops (for finding hot spots; never in production, cProfile slows everything)."""
+    if not os.environ.get("QPXD_PROFILE"):
+        return None
+    import cProfile
+
+    profile = cProfile.Profile()
+    profile.enable()
+    return profile
+
+
 def run_worker(spec: WorkerSpec) -> int:
     _reset_process(spec)
     cfg = spec.config
@@ -198,8 +210,12 @@ def run_worker(spec: WorkerSpec) -> int:
             gevent.sleep(HEARTBEAT)
 
     gevent.spawn(heartbeat)
+    profile = _start_profile()
     os.write(spec.notify_fd, b"ready %d %d\n" % (os.getpid(), spec.generation))
     done.wait()
+    if profile is not None:
+        profile.disable()
+        profile.dump_stats(f"{os.environ['QPXD_PROFILE']}.{os.getpid()}")
     services.pool.close_all()
     if metrics is not None:
         metrics.flush()

@@ -205,7 +205,7 @@ class ClientSession:
                 conn.deadline = monotonic() + services.keepalive_timeout
                 services.idle.add(self)
                 try:
-                    data = conn.recv()
+                    data = conn.recv_later()
                 except (DeadlineExceeded, OSError):
                     return None
                 except Drain:
@@ -274,8 +274,7 @@ class ClientSession:
         lines.append(b"\r\n")
         send_body = not head_only and status >= 200 and status not in (204, 304)
         out = b"".join(lines) + (body if send_body else b"")
-        self.conn.deadline = monotonic() + self.services.send_timeout
-        self.conn.sendall(out)
+        self.conn.sendall(out, self.services.send_timeout)
         return len(out)
 
     def error(self, status: int, message_key: str, req: Request | None = None,

@@ -89,9 +89,11 @@ def _read_response(up: Conn, deadline: float, max_head: int) -> tuple[Response, 
         parser = ResponseHeadParser(max_head)
         resp = parser.feed(data) if data else None
         up.deadline = deadline
+        first = True
         while resp is None:
             try:
-                chunk = up.recv()
+                chunk = up.recv_later() if first else up.recv()
+                first = False
             except DeadlineExceeded:
                 raise UpstreamError(504, "upstream response timed out",
                                     before_response=not parser.buf) from None
@@ -178,8 +180,7 @@ def _send(session: ClientSession, req: Request, target: Target, out: _Prepared,
         if conn is None:
             conn = dial(session, target, deadline)
         try:
-            conn.deadline = monotonic() + services.send_timeout
-            conn.sendall(out.data)
+            conn.sendall(out.data, services.send_timeout)
         except (OSError, DeadlineExceeded) as e:
             conn.close()
             conn = None
@@ -246,18 +247,26 @@ def _exchange(session: ClientSession, req: Request, target: Target, head: bytes,
     elif framing == "eof":
         out_framing, close_client = "raw", True
 
-    headers: Triples = resp.headers
-    if response_control is not None:
-        headers = response_control.apply(headers)
-    lines = [b"HTTP/1.1 %d %s\r\n" % (resp.status, resp.reason or b"")]
-    skip = strip_set(resp.conn_tokens)
-    has_date = False
-    for ln, name, value in headers:
-        if ln in skip:
-            continue
-        if ln == b"date":
-            has_date = True
-        lines.append(name + b": " + value + b"\r\n")
+    fwd = resp.forward_head() if response_control is None else None
+    if fwd is not None:
+        raw = resp.raw
+        status_line = raw[:raw.index(b"\r\n")] if resp.version == 11 else \
+            b"HTTP/1.1 %d %s" % (resp.status, resp.reason)
+        lines = [status_line, fwd, b"\r\n"]
+        has_date = resp.has_date
+    else:
+        headers: Triples = resp.headers
+        if response_control is not None:
+            headers = response_control.apply(headers)
+        lines = [b"HTTP/1.1 %d %s\r\n" % (resp.status, resp.reason or b"")]
+        skip = strip_set(resp.conn_tokens)
+        has_date = False
+        for ln, name, value in headers:
+            if ln in skip:
+                continue
+            if ln == b"date":
+                has_date = True
+            lines.append(name + b": " + value + b"\r\n")
     if not has_date:
         lines.append(b"Date: " + http_date() + b"\r\n")
     lines.append(b"Via: " + services.policy.via + b"\r\n")
@@ -277,14 +286,13 @@ def _exchange(session: ClientSession, req: Request, target: Target, head: bytes,
 
     reusable = resp.keep_alive and framing != "eof"
     try:
-        client.deadline = monotonic() + services.send_timeout
         if framing == "length" and len(rest) >= (resp.content_length or 0):
             n = resp.content_length or 0
-            client.sendall(out_head + rest[:n])
+            client.sendall(out_head + rest[:n], services.send_timeout)
             leftover = rest[n:]
             result.bytes_out = len(out_head) + n
         else:
-            client.sendall(out_head)
+            client.sendall(out_head, services.send_timeout)
             result.bytes_out = len(out_head)
             leftover, n = relay_body(
                 conn, client, rest, framing, resp.content_length or 0, out_framing,

@@ -37,12 +37,13 @@ ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n"
 
 def via_loop(req: Request, proxy_name: bytes) -> bool:
     """True when a Via entry's received-by is our own name (RFC 9110 §7.6.3)."""
-    for ln, _, value in req.headers:
-        if ln == b"via":
-            for entry in value.split(b","):
-                parts = entry.split()
-                if len(parts) >= 2 and parts[1].lower() == proxy_name:
-                    return True
+    if req.plain:  # no Via field at all (see Request.plain)
+        return False
+    for value in req.values(b"via"):
+        for entry in value.split(b","):
+            parts = entry.split()
+            if len(parts) >= 2 and parts[1].lower() == proxy_name:
+                return True
     return False
 
 
@@ -53,7 +54,17 @@ def authority(host: str, port: int | None) -> bytes:
 
 def request_head(req: Request, first_line: bytes, host: bytes, via: bytes, headers=None,
                  max_forwards: int | None = None) -> bytes:
-    """The head sent upstream: our framing, our Host, hop-by-hop fields stripped."""
+    """The head sent upstream: our framing, our Host, hop-by-hop fields stripped.
+    ``headers``: a header-controlled field list; None forwards the client's fields."""
+    if headers is None and req.plain:  # the common case: cut the raw head, no field list
+        parts = [first_line[:-2], req.forward_lines(), b"\r\nHost: ", host, b"\r\nVia: ", via,
+                 b"\r\n"]
+        if req.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        elif req.content_length is not None:
+            parts.append(b"Content-Length: %d\r\n" % req.content_length)
+        parts.append(b"\r\n")
+        return b"".join(parts)
     skip = strip_set(req.conn_tokens) | _SKIP_EXTRA
     extra = [b"Host: " + host + b"\r\n", b"Via: " + via + b"\r\n"]
     if max_forwards is not None:
@@ -69,7 +80,7 @@ def request_head(req: Request, first_line: bytes, host: bytes, via: bytes, heade
 
 def max_forwards(req: Request) -> int | None:
     """Max-Forwards of an OPTIONS/TRACE request (RFC 9110 §7.6.2), None otherwise."""
-    if req.method not in ("OPTIONS", "TRACE"):
+    if req.plain or req.method not in ("OPTIONS", "TRACE"):
         return None
     value = req.get(b"max-forwards")
     if value is None:
@@ -146,7 +157,8 @@ class ForwardEdge(HttpEdge):
         ctx = MatchContext(src_ip=session.client.key, dst_port=port, host=req.host,
                            sni=req.host if connect else None, method=req.method,
                            path=req.path, headers=req)
-        decision = self.lp.decide(ctx, policy.users, req.get(b"proxy-authorization"))
+        decision = self.lp.decide(ctx, policy.users, req.get(b"proxy-authorization")
+                                  if self.lp.needs_auth else None)
         self.count_rules(self.lp.ruleset)
         action = decision.action
         if decision.challenge:
@@ -180,9 +192,9 @@ class ForwardEdge(HttpEdge):
         mf = max_forwards(req)
         if mf == 0:
             return self.answer_max_forwards(session, req, started, decision)
-        headers = req.headers
+        headers = None
         if decision.headers is not None and decision.headers.request is not None:
-            headers = decision.headers.request.apply(headers)
+            headers = decision.headers.request.apply(req.headers)
         host = authority(req.host, req.port)
         target_path = req.path.encode("ascii")
         if action.via is not None:

@@ -122,11 +122,11 @@ class ReverseEdge(HttpEdge):
         services = self.services
         balancer = self.balancers[route.index]
         path = rewrite_path(route, req.path or "/")
-        headers = req.headers
+        headers = None
         if route.headers is not None and route.headers.request is not None:
-            headers = route.headers.request.apply(headers)
+            headers = route.headers.request.apply(req.headers)
         client_host = req.get(b"host") or authority(req.host or "", req.port)
-        xff = b", ".join([v for ln, _, v in req.headers if ln == b"x-forwarded-for"]
+        xff = b", ".join(([] if req.plain else req.values(b"x-forwarded-for"))
                          + [session.client.ip.encode()])
         extra_common = [b"X-Forwarded-For: " + xff + b"\r\n",
                         b"X-Forwarded-Proto: http\r\n",
@@ -159,7 +159,12 @@ class ReverseEdge(HttpEdge):
             host = client_host if route.preserve_host else hop.authority.encode()
             first = b"%s %s%s HTTP/1.1\r\n" % (req.method.encode(), hop.base_path.encode(),
                                                 path.encode())
-            head = serialize(first, headers, skip, [b"Host: " + host + b"\r\n"] + extra_common)
+            if headers is None and req.plain:
+                head = b"".join([first[:-2], req.forward_lines(), b"\r\nHost: ", host,
+                                 b"\r\n"] + extra_common + [b"\r\n"])
+            else:
+                head = serialize(first, req.headers if headers is None else headers, skip,
+                                 [b"Host: " + host + b"\r\n"] + extra_common)
             target = Target(hop.host, hop.port, via_proxy=False, guard=False)
             endpoint.inflight += 1
             try:

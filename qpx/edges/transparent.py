@@ -224,7 +224,8 @@ class TransparentEdge(HttpEdge):
             raise HttpError(400, "no destination: not redirected and no Host header")
         ctx = MatchContext(src_ip=session.client.key, dst_port=port, host=req.host or host,
                            method=req.method, path=req.path, headers=req)
-        decision = self.lp.decide(ctx, policy.users, req.get(b"proxy-authorization"))
+        decision = self.lp.decide(ctx, policy.users, req.get(b"proxy-authorization")
+                                  if self.lp.needs_auth else None)
         self.count_rules(self.lp.ruleset)
         action = decision.action
         if decision.challenge or action.type == "block":
@@ -236,9 +237,9 @@ class TransparentEdge(HttpEdge):
             return True
         if action.type == "respond":
             return local_reply(session, req, decision, started)
-        headers = req.headers
+        headers = None
         if decision.headers is not None and decision.headers.request is not None:
-            headers = decision.headers.request.apply(headers)
+            headers = decision.headers.request.apply(req.headers)
         host_hdr = req.get(b"host") or authority(host, port)
         path = (req.path or "/").encode("ascii")
         if action.via is not None:

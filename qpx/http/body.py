@@ -15,12 +15,9 @@ RFC 9112 §6.3); each write within ``send_timeout`` (a client that stops reading
 
 from __future__ import annotations
 
-import time
-
 from ..netio import BufferPool, Conn
 from .chunked import LAST_CHUNK, ChunkedDecoder, ChunkError
 
-monotonic = time.monotonic
 
 
 class BodyFramingError(Exception):
@@ -34,11 +31,10 @@ class EarlyEOF(Exception):
 def _write(dst: Conn | None, data, send_timeout: float, chunked: bool) -> None:
     if dst is None or not len(data):
         return
-    dst.deadline = monotonic() + send_timeout
     if chunked:
-        dst.sendall(b"%x\r\n" % len(data) + bytes(data) + b"\r\n")
+        dst.sendall(b"%x\r\n" % len(data) + bytes(data) + b"\r\n", send_timeout)
     else:
-        dst.sendall(data)
+        dst.sendall(data, send_timeout)
 
 
 def relay_body(src: Conn, dst: Conn | None, initial: bytes, kind: str, length: int,
@@ -62,8 +58,7 @@ def relay_body(src: Conn, dst: Conn | None, initial: bytes, kind: str, length: i
             view = memoryview(buf)
             try:
                 while remaining:
-                    src.deadline = monotonic() + idle
-                    n = src.recv_into(buf, min(remaining, len(buf)))
+                    n = src.recv_into(buf, min(remaining, len(buf)), idle)
                     if not n:
                         raise EarlyEOF(f"peer closed with {remaining} body bytes missing")
                     _write(dst, view[:n], send_timeout, chunked_out)
@@ -73,7 +68,7 @@ def relay_body(src: Conn, dst: Conn | None, initial: bytes, kind: str, length: i
                 view.release()
                 pool.put(buf)
         if chunked_out and dst is not None:
-            dst.sendall(LAST_CHUNK)
+            dst.sendall(LAST_CHUNK, send_timeout)
         return rest, total
 
     if kind == "chunked":
@@ -81,7 +76,7 @@ def relay_body(src: Conn, dst: Conn | None, initial: bytes, kind: str, length: i
             decoder = ChunkedDecoder(max_trailer)
         elif decoder.done:
             if chunked_out and dst is not None:
-                dst.sendall(LAST_CHUNK)
+                dst.sendall(LAST_CHUNK, send_timeout)
             return decoder.rest, 0
         data = initial
         while True:
@@ -95,10 +90,9 @@ def relay_body(src: Conn, dst: Conn | None, initial: bytes, kind: str, length: i
                     total += len(piece)
                 if decoder.done:
                     if chunked_out and dst is not None:
-                        dst.sendall(LAST_CHUNK)
+                        dst.sendall(LAST_CHUNK, send_timeout)
                     return decoder.rest, total
-            src.deadline = monotonic() + idle
-            data = src.recv()
+            data = src.recv(timeout=idle)
             if not data:
                 raise EarlyEOF("peer closed inside a chunked body")
 
@@ -109,8 +103,7 @@ def relay_body(src: Conn, dst: Conn | None, initial: bytes, kind: str, length: i
         view = memoryview(buf)
         try:
             while True:
-                src.deadline = monotonic() + idle
-                n = src.recv_into(buf)
+                n = src.recv_into(buf, 0, idle)
                 if not n:
                     break
                 _write(dst, view[:n], send_timeout, chunked_out)
@@ -119,7 +112,7 @@ def relay_body(src: Conn, dst: Conn | None, initial: bytes, kind: str, length: i
             view.release()
             pool.put(buf)
         if chunked_out and dst is not None:
-            dst.sendall(LAST_CHUNK)
+            dst.sendall(LAST_CHUNK, send_timeout)
         return b"", total
 
     return initial, 0  # "none"

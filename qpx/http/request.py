@@ -37,10 +37,17 @@ from .errors import HttpError
 
 _HOST = re.compile(rb"^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9\-._~]*))(?::([0-9]{1,5}))?$")
 _SCHEME = re.compile(rb"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+_AUTHORITY_END = re.compile(rb"[/?]")
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _VERSION = re.compile(rb"^HTTP/[0-9]\.[0-9]$")
 _TE_LINE = re.compile(rb"(?im)^transfer-encoding[ \t]*:[ \t]*([^\r\n]*)")
 _FRAMING = frozenset((b"content-length", b"transfer-encoding", b"host"))
+_NO_TOKENS: frozenset[bytes] = frozenset()
+_PLAIN_TOKENS = frozenset((b"keep-alive", b"close"))
+# hop-by-hop and proxy-control fields beyond Host/Connection/framing: their presence
+# sends a request down the general (per-field) forwarding path
+_RARE = re.compile(rb"\r\n(?:keep-alive:|proxy-|te:|trailer:|upgrade:|expect:|max-forwards:|"
+                   rb"via:|x-forwarded-)")
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "ftp": 21}
 
 
@@ -66,10 +73,25 @@ class Limits:
         self.max_count = max_count
 
 
+_host_cache: dict[bytes, tuple[str, int | None]] = {}
+
+
 def parse_host(value: bytes) -> tuple[str, int | None]:
     """``uri-host [ ":" port ]`` → (lowercased host, port or None).  IPv6 keeps its
     brackets off; a single trailing dot is dropped so ``example.com.`` cannot slip past a
-    rule written for ``example.com``.  Raises ValueError when invalid."""
+    rule written for ``example.com``.  Raises ValueError when invalid.  Valid results
+    are cached (hosts repeat from request to request; the cache is bounded)."""
+    hit = _host_cache.get(value)
+    if hit is not None:
+        return hit
+    result = _parse_host(value)
+    if len(_host_cache) >= 4096:
+        _host_cache.clear()
+    _host_cache[value] = result
+    return result
+
+
+def _parse_host(value: bytes) -> tuple[str, int | None]:
     m = _HOST.match(value)
     if not m:
         raise ValueError("invalid host")
@@ -91,30 +113,62 @@ def parse_host(value: bytes) -> tuple[str, int | None]:
 
 
 class Request:
-    """A parsed, validated request head.  ``headers`` keeps the client's order and case
-    as (lowercased name, name, value) byte triples."""
+    """A parsed, validated request head.  ``raw`` is the head as received (request line to
+    the blank line); ``headers`` gives (lowercased name, name, value) byte triples in the
+    client's order and case, built on first use."""
 
-    __slots__ = ("method", "target", "version", "headers", "form", "scheme", "host", "port",
-                 "path", "content_length", "chunked", "keep_alive", "expect_continue",
-                 "conn_tokens", "upgrade", "head_size")
+    __slots__ = ("raw", "low", "method", "target", "version", "form", "scheme", "host",
+                 "port", "path", "content_length", "chunked", "keep_alive",
+                 "expect_continue", "conn_tokens", "upgrade", "_headers", "drop", "plain")
 
-    def __init__(self):
-        self.method = ""
-        self.target = ""
-        self.version = 11
-        self.headers: list[tuple[bytes, bytes, bytes]] = []
+    def __init__(self, raw: bytes, low: bytes):
+        self.raw = raw
+        self.low = low  # raw.lower(): llhttp-validated fields are found by substring
         self.form = "origin"  # origin | absolute | authority | asterisk
         self.scheme: str | None = None
-        self.host: str | None = None
-        self.port: int | None = None
         self.path: str | None = None  # path and query, for origin/absolute forms
         self.content_length: int | None = None
         self.chunked = False
-        self.keep_alive = True
         self.expect_continue = False
-        self.conn_tokens: frozenset[bytes] = frozenset()
+        self.conn_tokens: frozenset[bytes] = _NO_TOKENS
         self.upgrade: bytes | None = None
-        self.head_size = 0
+        self._headers = None
+        # Lines a forwarded head leaves out (Host, Connection, framing), as (start, end)
+        # spans of ``raw`` from their CRLF to the next; ``plain``: no other hop-by-hop
+        # field is present, so the head can be forwarded from ``raw`` with these cuts.
+        self.drop: list[tuple[int, int]] = []
+        self.plain = True
+
+    def forward_lines(self) -> bytes:
+        """The header lines to forward (CRLF-prefixed, no final blank line), cut from
+        ``raw``; only valid when ``plain``."""
+        raw = self.raw
+        pos = raw.index(b"\r\n")
+        end = len(raw) - 4
+        if not self.drop:
+            return raw[pos:end]
+        parts = []
+        for start, stop in sorted(self.drop):
+            parts.append(raw[pos:start])
+            pos = stop
+        parts.append(raw[pos:end])
+        return b"".join(parts)
+
+    @property
+    def head_size(self) -> int:
+        return len(self.raw)
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes, bytes]]:
+        if self._headers is None:
+            raw = self.raw
+            out = []
+            for line in raw[raw.index(b"\r\n") + 2:-4].split(b"\r\n"):
+                if line:
+                    name, _, value = line.partition(b":")
+                    out.append((name.lower(), name, value.strip(b" \t")))
+            self._headers = out
+        return self._headers
 
     def has_body(self) -> bool:
         return self.chunked or bool(self.content_length)
@@ -125,33 +179,50 @@ class Request:
         return [v.decode("latin-1") for ln, _, v in self.headers if ln == key]
 
     def get(self, lname: bytes) -> bytes | None:
-        for ln, _, v in self.headers:
-            if ln == lname:
-                return v
-        return None
+        """The first value of a field, by lowercase name."""
+        key = b"\r\n" + lname + b":"
+        i = self.low.find(key)
+        if i < 0:
+            return None
+        start = i + len(key)
+        return self.raw[start:self.low.find(b"\r\n", start)].strip(b" \t")
+
+    def values(self, lname: bytes) -> list[bytes]:
+        """Every value of a field, by lowercase name."""
+        key = b"\r\n" + lname + b":"
+        low, raw, out = self.low, self.raw, []
+        i = low.find(key)
+        while i >= 0:
+            start = i + len(key)
+            end = low.find(b"\r\n", start)
+            out.append(raw[start:end].strip(b" \t"))
+            i = low.find(key, end)
+        return out
 
     def default_port(self) -> int:
         return _DEFAULT_PORTS.get(self.scheme or "http", 80)
 
 
 class _Collect:
-    """httptools callback sink for one head."""
+    """httptools callback sink for one head (no per-header callbacks: fields are read
+    from the validated raw head)."""
 
-    __slots__ = ("url", "headers", "done")
+    __slots__ = ("url", "done")
 
     def __init__(self):
         self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
         self.done = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-
     def on_headers_complete(self) -> None:
         self.done = True
+
+    # httptools looks every callback up with getattr(); a missing attribute costs an
+    # AttributeError (with a formatted message) per parser, so say "none" explicitly.
+    on_header = on_body = on_message_begin = on_message_complete = None
+    on_chunk_header = on_chunk_complete = on_status = None
 
 
 class RequestHeadParser:
@@ -170,6 +241,26 @@ class RequestHeadParser:
 
     def feed(self, data: bytes) -> Request | None:
         buf = self.buf
+        if not buf and data[:1] not in (b"\r", b"\n"):
+            # The common case: a whole head in one read.  Feed llhttp the bytes as they
+            # are, no buffer copies; llhttp completes at the first CRLFCRLF (it rejects
+            # anything that would make that CRLFCRLF not the end of the head).
+            end = data.find(b"\r\n\r\n")
+            if end >= 0:
+                stop = end + 4
+                self.buf = data  # only read by error classification from here on
+                self._run(data if stop == len(data) else data[:stop])
+                if not self._sink.done:
+                    raise self._classify("head did not complete")
+                limits = self.limits
+                if data.find(b"\r\n", 0, limits.max_line + 2) < 0:
+                    raise HttpError(414, "request line too long", "bad_request")
+                if stop > limits.max_head:
+                    raise HttpError(431, "request header section too large", "bad_request")
+                if stop < len(data):
+                    self.rest = data[stop:]
+                    return self._finish(data[:stop])
+                return self._finish(data)
         start = len(buf)
         buf += data
         limits = self.limits
@@ -192,7 +283,7 @@ class RequestHeadParser:
         if stop > limits.max_head:
             raise HttpError(431, "request header section too large", "bad_request")
         self.rest = bytes(buf[stop:])
-        return self._finish(stop)
+        return self._finish(bytes(buf[:stop]))
 
     def _run(self, chunk: bytes) -> None:
         try:
@@ -228,11 +319,10 @@ class RequestHeadParser:
                     return err
         return HttpError(400, f"malformed request: {detail}", "bad_request")
 
-    def _finish(self, head_size: int) -> Request:
-        sink = self._sink
+    def _finish(self, raw: bytes) -> Request:
         parser = self._parser
-        req = Request()
-        req.head_size = head_size
+        low = raw.lower()
+        req = Request(raw, low)
         req.method = method = parser.get_method().decode("ascii")
         version = parser.get_http_version()
         if version == "1.1":
@@ -243,84 +333,92 @@ class RequestHeadParser:
             raise HttpError(400, "HTTP/0.9 is not supported", "bad_request")
         else:
             raise HttpError(505, f"HTTP/{version} is not supported", "bad_request")
-        if len(sink.headers) > self.limits.max_count:
+        if raw.count(b"\r\n") - 2 > self.limits.max_count:
             raise HttpError(431, "too many header fields", "bad_request")
 
-        hosts: list[bytes] = []
-        cl: bytes | None = None
-        te: bytes | None = None
-        tokens: set[bytes] = set()
-        upgrade = None
-        expect = False
-        headers = req.headers
-        for name, value in sink.headers:
-            ln = name.lower()
-            headers.append((ln, name, value))
-            if ln == b"host":
-                hosts.append(value)
-            elif ln == b"content-length":
-                cl = value
-            elif ln == b"transfer-encoding":
-                if te is not None:
-                    raise HttpError(400, "Transfer-Encoding repeated", "bad_request")
-                te = value
-            elif ln == b"connection":
-                for t in value.split(b","):
-                    t = t.strip().lower()
-                    if t:
-                        tokens.add(t)
-            elif ln == b"upgrade":
-                upgrade = value
-            elif ln == b"expect":
-                if value.strip().lower() != b"100-continue":
-                    raise HttpError(417, "unsupported expectation", "bad_request")
-                expect = True
-
-        # framing (RFC 9112 §6)
-        if te is not None:
+        # framing (RFC 9112 §6); llhttp has rejected repeated or malformed Content-Length
+        drop = req.drop
+        te_at = low.find(b"\r\ntransfer-encoding:")
+        if te_at >= 0:
+            if low.find(b"\r\ntransfer-encoding:", te_at + 2) >= 0:
+                raise HttpError(400, "Transfer-Encoding repeated", "bad_request")
             if req.version == 10:
                 raise HttpError(400, "Transfer-Encoding in HTTP/1.0", "bad_request")
-            err = te_error(te)
+            end = low.find(b"\r\n", te_at + 20)
+            err = te_error(raw[te_at + 20:end].strip(b" \t"))
             if err is not None:
                 raise err
             req.chunked = True
-        if cl is not None:
-            if te is not None:
+            drop.append((te_at, end))
+        at = low.find(b"\r\ncontent-length:")
+        if at >= 0:
+            if te_at >= 0:
                 raise HttpError(400, "Content-Length with Transfer-Encoding", "bad_request")
+            end = low.find(b"\r\n", at + 17)
+            cl = raw[at + 17:end].strip(b" \t")
             if len(cl) > 18:
                 raise HttpError(400, "Content-Length too large", "bad_request")
             req.content_length = int(cl)  # llhttp has checked 1*DIGIT
-        if tokens & _FRAMING:
-            raise HttpError(400, "Connection nominates a framing header", "bad_request")
-        req.conn_tokens = frozenset(tokens)
-        req.keep_alive = (b"close" not in tokens) if req.version == 11 \
-            else (b"keep-alive" in tokens)
-        if upgrade is not None and b"upgrade" in tokens:
-            req.upgrade = upgrade
-        req.expect_continue = expect and req.version == 11
+            drop.append((at, end))
+        tokens = None
+        at = low.find(b"\r\nconnection:")
+        while at >= 0:
+            end = low.find(b"\r\n", at + 13)
+            if tokens is None:
+                tokens = set()
+            for t in low[at + 13:end].split(b","):
+                t = t.strip()
+                if t:
+                    tokens.add(t)
+            drop.append((at, end))
+            at = low.find(b"\r\nconnection:", end)
+        if tokens is not None:
+            if not tokens.isdisjoint(_FRAMING):
+                raise HttpError(400, "Connection nominates a framing header", "bad_request")
+            req.conn_tokens = frozenset(tokens)
+            if b"upgrade" in tokens:
+                req.upgrade = req.get(b"upgrade")
+            if not tokens <= _PLAIN_TOKENS:
+                req.plain = False
+        req.keep_alive = (tokens is None or b"close" not in tokens) if req.version == 11 \
+            else (tokens is not None and b"keep-alive" in tokens)
+        if _RARE.search(low) is not None:  # hop-by-hop fields other than the above
+            req.plain = False
+            if low.find(b"\r\nexpect:") >= 0:
+                for value in req.values(b"expect"):
+                    if value.lower() != b"100-continue":
+                        raise HttpError(417, "unsupported expectation", "bad_request")
+                req.expect_continue = req.version == 11
 
         # Host (RFC 9112 §3.2)
-        if len(hosts) > 1:
-            raise HttpError(400, "more than one Host header", "bad_request")
         host_hdr: tuple[str, int | None] | None = None
-        if hosts:
+        at = low.find(b"\r\nhost:")
+        if at >= 0:
+            end = low.find(b"\r\n", at + 7)
+            if low.find(b"\r\nhost:", end) >= 0:
+                raise HttpError(400, "more than one Host header", "bad_request")
             try:
-                host_hdr = parse_host(hosts[0])
+                host_hdr = parse_host(raw[at + 7:end].strip(b" \t"))
             except ValueError:
                 raise HttpError(400, "invalid Host header", "bad_request") from None
+            drop.append((at, end))
         elif req.version == 11:
             raise HttpError(400, "missing Host header", "bad_request")
+        req.host, req.port = host_hdr if host_hdr else (None, None)
 
-        self._target(req, sink.url, method, host_hdr)
+        self._target(req, self._sink.url, method, host_hdr)
         return req
 
     @staticmethod
     def _target(req: Request, url: bytes, method: str, host_hdr) -> None:
-        if b"#" in url:
+        if url.find(b"#") >= 0:
             raise HttpError(400, "fragment in request target", "bad_request")
-        req.target = url.decode("ascii")
+        try:
+            req.target = url.decode("ascii")
+        except UnicodeDecodeError:
+            raise HttpError(400, "non-ASCII byte in request target", "bad_request") from None
         if method == "CONNECT":
-            if url.startswith(b"/") or b"/" in url or b"@" in url:
+            if url.find(b"/") >= 0 or url.find(b"@") >= 0:
                 raise HttpError(400, "CONNECT needs authority-form host:port", "bad_request")
             try:
                 host, port = parse_host(url)
@@ -334,24 +432,21 @@ class RequestHeadParser:
             if method != "OPTIONS":
                 raise HttpError(400, "asterisk-form is only for OPTIONS", "bad_request")
             req.form = "asterisk"
-            req.host, req.port = host_hdr if host_hdr else (None, None)
             return
         if url.startswith(b"/"):
             req.form, req.path = "origin", req.target
-            req.host, req.port = host_hdr if host_hdr else (None, None)
             return
-        m = _SCHEME.match(url)
-        if not m:
-            raise HttpError(400, "invalid request target", "bad_request")
-        scheme = m.group(1).lower().decode()
-        rest = url[m.end():]
-        cut = len(rest)
-        for sep in (b"/", b"?"):
-            i = rest.find(sep)
-            if 0 <= i < cut:
-                cut = i
-        authority, tail = rest[:cut], rest[cut:]
-        if b"@" in authority:
+        if url[:7].lower() == b"http://":
+            scheme, rest = "http", url[7:]
+        else:
+            m = _SCHEME.match(url)
+            if not m:
+                raise HttpError(400, "invalid request target", "bad_request")
+            scheme, rest = m.group(1).lower().decode(), url[m.end():]
+        m = _AUTHORITY_END.search(rest)
+        cut = m.start() if m else len(rest)
+        authority = rest[:cut]
+        if authority.find(b"@") >= 0:
             raise HttpError(400, "userinfo in request target", "bad_request")
         try:
             host, port = parse_host(authority)
@@ -360,5 +455,5 @@ class RequestHeadParser:
         if not host:
             raise HttpError(400, "empty host in request target", "bad_request")
         req.form, req.scheme, req.host, req.port = "absolute", scheme, host, port
-        tail_s = tail.decode("ascii")
-        req.path = tail_s if tail_s.startswith("/") else "/" + tail_s
+        tail = req.target[len(req.target) - len(rest) + cut:]
+        req.path = tail if tail[:1] == "/" else "/" + tail

@@ -1,34 +1,61 @@
-"""HTTP/1.1 response heads from upstreams: strict parsing (sans-IO).
+"""HTTP/1.1 response heads from upstreams: strict parsing and the rewrite for the client.
 
-The same llhttp tokenising as requests, fed only up to the end of the head.  A response
-whose framing a downstream parser could read differently is refused with 502 and its
-connection discarded (RFC 9112 §6.3: "the proxy MUST close the connection to the server,
-discard the received response, and send a 502"): Content-Length together with
-Transfer-Encoding, a transfer coding other than ``chunked``, repeated or malformed
-Content-Length, malformed lines, oversized heads.
+llhttp (through ``httptools``) validates the head in strict mode, fed only up to the end
+of the head.  A response whose framing a downstream parser could read differently is
+refused with 502 and its connection discarded (RFC 9112 §6.3: "the proxy MUST close the
+connection to the server, discard the received response, and send a 502"):
+Content-Length together with Transfer-Encoding, a transfer coding other than
+``chunked``, repeated or malformed Content-Length, malformed lines, oversized heads.
+
+Speed: a response head is mostly forwarded as it came.  llhttp runs without per-header
+Python callbacks; once it has validated the head, substring searches in its lowercased
+copy find the few fields qpxd acts on (framing, ``Connection``, ``Date``) and
+:meth:`Response.forward_head` drops the hop-by-hop lines from the raw bytes.  The per-header list (``headers``) is built only
+when response header control needs it.
 """
 
 from __future__ import annotations
+
+import re
 
 import httptools
 
 from .errors import UpstreamError
 
+_PLAIN_TOKENS = frozenset((b"keep-alive", b"close"))
+# hop-by-hop fields beyond Connection/Keep-Alive/framing: their presence sends the
+# response down the general (per-field) path
+_RARE = re.compile(rb"\r\n(?:proxy-|te:|trailer:|upgrade:)")
+
 
 class Response:
-    __slots__ = ("status", "reason", "version", "headers", "content_length", "chunked",
-                 "keep_alive", "conn_tokens", "head_size")
+    __slots__ = ("status", "reason", "version", "raw", "content_length", "chunked",
+                 "keep_alive", "conn_tokens", "has_date", "_headers", "drop", "plain")
 
-    def __init__(self):
-        self.status = 0
-        self.reason = b""
-        self.version = 11
-        self.headers: list[tuple[bytes, bytes, bytes]] = []
+    def __init__(self, raw: bytes, status: int, reason: bytes, version: int):
+        self.raw = raw  # the head, status line to the blank line included
+        self.status = status
+        self.reason = reason
+        self.version = version
         self.content_length: int | None = None
         self.chunked = False
         self.keep_alive = True
         self.conn_tokens: frozenset[bytes] = frozenset()
-        self.head_size = 0
+        self.has_date = False
+        self._headers = None
+        self.drop: list[tuple[int, int]] = []  # hop-by-hop and framing lines of raw
+        self.plain = True  # no other hop-by-hop field: forward from raw minus drop
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes, bytes]]:
+        """(lowercased name, name, value) triples, built on first use."""
+        if self._headers is None:
+            out = []
+            for line in self.raw[self.raw.index(b"\r\n") + 2:-4].split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                out.append((name.lower(), name, value.strip(b" \t")))
+            self._headers = out
+        return self._headers
 
     def get(self, lname: bytes) -> bytes | None:
         for ln, _, v in self.headers:
@@ -36,23 +63,42 @@ class Response:
                 return v
         return None
 
+    def forward_head(self) -> bytes | None:
+        """The head's header lines as the client may see them (hop-by-hop and framing
+        lines removed, starting with CRLF, without the final blank line), or None when
+        other hop-by-hop fields are present (the caller then works from ``headers``)."""
+        if not self.plain:
+            return None
+        raw = self.raw
+        pos = raw.index(b"\r\n")
+        end = len(raw) - 4
+        if not self.drop:
+            return raw[pos:end]
+        parts = []
+        for start, stop in sorted(self.drop):
+            parts.append(raw[pos:start])
+            pos = stop
+        parts.append(raw[pos:end])
+        return b"".join(parts)
+
 
 class _Collect:
-    __slots__ = ("reason", "headers", "done")
+    __slots__ = ("reason", "done")
 
     def __init__(self):
         self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
         self.done = False
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-
     def on_headers_complete(self) -> None:
         self.done = True
+
+    # httptools looks every callback up with getattr(); a missing attribute costs an
+    # AttributeError (with a formatted message) per parser, so say "none" explicitly.
+    on_header = on_body = on_message_begin = on_message_complete = None
+    on_chunk_header = on_chunk_complete = on_url = None
 
 
 class ResponseHeadParser:
@@ -66,54 +112,86 @@ class ResponseHeadParser:
         self._parser = httptools.HttpResponseParser(self._sink)
         self.rest = b""
 
+    def _run(self, chunk) -> None:
+        try:
+            self._parser.feed_data(chunk)
+        except httptools.HttpParserUpgrade:
+            pass
+        except httptools.HttpParserError as e:
+            raise UpstreamError(502, f"malformed response head: {e}") from None
+
     def feed(self, data: bytes) -> Response | None:
+        if not self.buf:  # the common case: the whole head in one read, no copies
+            end = data.find(b"\r\n\r\n")
+            if 0 <= end < self.max_head:
+                stop = end + 4
+                head = data if stop == len(data) else data[:stop]
+                self._run(head)
+                if not self._sink.done:
+                    raise UpstreamError(502, "malformed response head")
+                self.rest = data[stop:] if stop < len(data) else b""
+                return self._finish(head)
         buf = self.buf
         start = len(buf)
         buf += data
         end = buf.find(b"\r\n\r\n", max(0, start - 3))
         stop = len(buf) if end < 0 else end + 4
         if stop > self.fed:
-            try:
-                self._parser.feed_data(bytes(buf[self.fed:stop]))
-            except httptools.HttpParserUpgrade:
-                pass
-            except httptools.HttpParserError as e:
-                raise UpstreamError(502, f"malformed response head: {e}") from None
+            self._run(bytes(buf[self.fed:stop]))
             self.fed = stop
         if not self._sink.done:
             if len(buf) > self.max_head or end >= 0:
                 raise UpstreamError(502, "response head too large or malformed")
             return None
         self.rest = bytes(buf[stop:])
-        return self._finish(stop)
+        return self._finish(bytes(buf[:stop]))
 
-    def _finish(self, head_size: int) -> Response:
-        sink = self._sink
-        resp = Response()
-        resp.head_size = head_size
-        resp.status = self._parser.get_status_code()
-        resp.reason = sink.reason
-        version = self._parser.get_http_version()
-        if version not in ("1.1", "1.0"):
+    def _finish(self, head: bytes) -> Response:
+        parser = self._parser
+        version = parser.get_http_version()
+        if version == "1.1":
+            v = 11
+        elif version == "1.0":
+            v = 10
+        else:
             raise UpstreamError(502, f"unsupported response version HTTP/{version}")
-        resp.version = 11 if version == "1.1" else 10
+        resp = Response(head, parser.get_status_code(), self._sink.reason, v)
+        low = head.lower()
+        drop = resp.drop
         cl = te = None
-        tokens: set[bytes] = set()
-        headers = resp.headers
-        for name, value in sink.headers:
-            ln = name.lower()
-            headers.append((ln, name, value))
-            if ln == b"content-length":
-                cl = value
-            elif ln == b"transfer-encoding":
-                if te is not None:
-                    raise UpstreamError(502, "Transfer-Encoding repeated in response")
-                te = value
-            elif ln == b"connection":
-                for t in value.split(b","):
-                    t = t.strip().lower()
-                    if t:
-                        tokens.add(t)
+        at = low.find(b"\r\ncontent-length:")
+        if at >= 0:
+            end = low.find(b"\r\n", at + 17)
+            cl = head[at + 17:end].strip(b" \t")
+            drop.append((at, end))
+        at = low.find(b"\r\ntransfer-encoding:")
+        if at >= 0:
+            end = low.find(b"\r\n", at + 20)
+            if low.find(b"\r\ntransfer-encoding:", end) >= 0:
+                raise UpstreamError(502, "Transfer-Encoding repeated in response")
+            te = head[at + 20:end].strip(b" \t")
+            drop.append((at, end))
+        resp.has_date = low.find(b"\r\ndate:") >= 0
+        tokens: set[bytes] | None = None
+        at = low.find(b"\r\nconnection:")
+        while at >= 0:
+            end = low.find(b"\r\n", at + 13)
+            for t in low[at + 13:end].split(b","):
+                t = t.strip()
+                if t:
+                    if tokens is None:
+                        tokens = set()
+                    tokens.add(t)
+            drop.append((at, end))
+            at = low.find(b"\r\nconnection:", end)
+        at = low.find(b"\r\nkeep-alive:")
+        if at >= 0:
+            end = low.find(b"\r\n", at + 13)
+            drop.append((at, end))
+            if low.find(b"\r\nkeep-alive:", end) >= 0:
+                resp.plain = False
+        if (tokens and not tokens <= _PLAIN_TOKENS) or _RARE.search(low) is not None:
+            resp.plain = False
         if te is not None:
             if cl is not None:
                 raise UpstreamError(502, "response has Content-Length and Transfer-Encoding")
@@ -123,8 +201,10 @@ class ResponseHeadParser:
         if cl is not None:
             if len(cl) > 18:
                 raise UpstreamError(502, "response Content-Length too large")
-            resp.content_length = int(cl)
-        resp.conn_tokens = frozenset(tokens)
-        resp.keep_alive = (b"close" not in tokens) if resp.version == 11 \
-            else (b"keep-alive" in tokens)
+            resp.content_length = int(cl)  # llhttp has checked 1*DIGIT and duplicates
+        if tokens:
+            resp.conn_tokens = frozenset(tokens)
+            resp.keep_alive = (b"close" not in tokens) if v == 11 else (b"keep-alive" in tokens)
+        else:
+            resp.keep_alive = v == 11
         return resp

@@ -1,0 +1,136 @@
+"""In-process CPU cost of one forward request, for A/B work on the hot path.
+
+One gevent process runs a real ForwardEdge, a minimal keep-alive origin and a client,
+over loopback TCP, and reports CPU microseconds per request (client and origin included:
+their cost is constant between variants, so differences are qpxd's).
+
+    python bench/hotpath.py [--requests 20000] [--browser] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+BROWSER = (b"User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n"
+           b"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n"
+           b"Accept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br\r\n"
+           b"Connection: keep-alive\r\nUpgrade-Insecure-Requests: 1\r\nSec-Fetch-Dest: document\r\n"
+           b"Sec-Fetch-Mode: navigate\r\nSec-Fetch-Site: none\r\nSec-Fetch-User: ?1\r\n"
+           b"Cookie: session=0123456789abcdef0123456789abcdef; theme=dark\r\n")
+RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 29 Nov 2026 04:42:19 GMT\r\n"
+            b"Content-Type: application/octet-stream\r\nContent-Length: 100\r\n"
+            b"Last-Modified: Sun, 29 Nov 2026 04:42:10 GMT\r\nConnection: keep-alive\r\n"
+            b"ETag: \"6773a2d2-64\"\r\nAccept-Ranges: bytes\r\n\r\n" + b"x" * 99 + b"\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=20000)
+    ap.add_argument("--browser", action="store_true")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--direct", action="store_true",
+                    help="the client talks to the origin itself (the baseline to subtract)")
+    args = ap.parse_args()
+
+    import gevent
+    from gevent import socket as gsocket
+    from gevent.server import StreamServer
+
+    from qpx.config import load_config
+    from qpx.edges.base import Services
+    from qpx.edges.forward import ForwardEdge
+    from qpx.policy import compile_config
+    import tempfile
+
+    def origin(sock, addr):
+        buf = b""
+        while True:
+            while b"\r\n\r\n" not in buf:
+                d = sock.recv(65536)
+                if not d:
+                    return
+                buf += d
+            buf = buf.partition(b"\r\n\r\n")[2]
+            sock.sendall(RESPONSE)
+
+    osrv = StreamServer(("127.0.0.1", 0), origin)
+    osrv.start()
+    oport = osrv.server_port
+    cfg_file = Path(tempfile.mkdtemp()) / "q.yaml"
+    cfg_file.write_text(f"""
+version: 1
+logging: {{access_log: null}}
+listeners:
+  - name: fwd
+    mode: forward
+    listen: "127.0.0.1:1"
+    default_action: {{type: block}}
+    allow_local_destinations: true
+    rules:
+      - {{name: loopback, match: {{src_ip: ["127.0.0.0/8"]}}, action: {{type: direct}}}}
+""")
+    cfg, _ = load_config([str(cfg_file)])
+    services = Services(compile_config(cfg))
+    edge = ForwardEdge(services.policy.listeners["fwd"], services)
+
+    class Acceptor(StreamServer):
+        def do_read(self):
+            s = self.socket
+            try:
+                fd, address = s._accept()
+            except BlockingIOError:
+                return None
+            return socket.socket(s.family, s.type, s.proto, fileno=fd), address
+
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(128)
+    lsock.setblocking(False)
+    Acceptor(lsock, edge.handle).start()
+    pport = lsock.getsockname()[1]
+    req = (b"GET http://127.0.0.1:%d/100b HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % (oport, oport)
+           + (BROWSER if args.browser else b"") + b"\r\n")
+
+    if args.direct:
+        pport = oport
+        req = b"GET /100b HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % oport + \
+            (BROWSER if args.browser else b"") + b"\r\n"
+
+    def client(n):
+        c = gsocket.create_connection(("127.0.0.1", pport))
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(n):
+            c.sendall(req)
+            got = b""
+            while not got.endswith(b"x\n"):
+                got += c.recv(65536)
+        c.close()
+
+    client(200)  # warm up
+    prof = None
+    if args.profile:
+        import cProfile
+        prof = cProfile.Profile()
+        prof.enable()
+    t0 = time.process_time()
+    w0 = time.perf_counter()
+    gevent.joinall([gevent.spawn(client, args.requests // 4) for _ in range(4)])
+    cpu = time.process_time() - t0
+    wall = time.perf_counter() - w0
+    if prof:
+        prof.disable()
+        import pstats
+        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+    n = args.requests // 4 * 4
+    print(f"{cpu / n * 1e6:.1f} us CPU per request ({n} requests, {n / wall:.0f} req/s "
+          f"in one process)")
+
+
+if __name__ == "__main__":
+    main()

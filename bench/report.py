@@ -1,0 +1,154 @@
+"""Render bench results (docs/benchmarks.json) as docs/benchmarks.md, with the targets
+of issue 11 checked against ratios measured in the same run."""
+
+from __future__ import annotations
+
+
+def _f(x: float, digits: int = 0) -> str:
+    return f"{x:,.{digits}f}"
+
+
+def _span(s: dict, digits: int = 0) -> str:
+    return f"{_f(s['median'], digits)} ({_f(s['min'], digits)}–{_f(s['max'], digits)})"
+
+
+def _row(rows: list[dict], name: str) -> dict | None:
+    return next((r for r in rows if r["peer"] == name and "unavailable" not in r), None)
+
+
+def _ratio(a: dict | None, b: dict | None, key: str) -> float | None:
+    if not a or not b or key not in a or key not in b or not b[key]["median"]:
+        return None
+    return a[key]["median"] / b[key]["median"]
+
+
+def render(res: dict) -> str:
+    sec = res["sections"]
+    m = res["machine"]
+    out = [
+        "# Benchmarks",
+        "",
+        f"Measured {res['date']} on {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, "
+        f"Python {m['python']}. Command: `{res['command']}` (raw runs: "
+        "[benchmarks.json](benchmarks.json)).",
+        "",
+        f"Layout: {res['layout']}. Every figure is the median of the runs with min–max; "
+        "ratios compare peers measured in the same run (this machine is shared and noisy, "
+        "so absolute figures move between runs; ratios move less).",
+        "",
+        "Peers: " + ", ".join(f"{k} `{v}`" for k, v in m["versions"].items()) + ".",
+        "",
+    ]
+    targets: list[tuple[str, str, bool | None]] = []
+
+    def target(what: str, value: float | None, goal: float, fmt: str = "{:.2f}×",
+               lower_is_better: bool = False) -> None:
+        if value is None:
+            targets.append((what, "not measured", None))
+            return
+        ok = value <= goal if lower_is_better else value >= goal
+        targets.append((what, fmt.format(value), ok))
+
+    if "forward" in sec:
+        rows = sec["forward"]
+        q, sq, pp = _row(rows, "qpxd"), _row(rows, "squid"), _row(rows, "proxy.py")
+        out += ["## Forward proxy, plain HTTP (100-byte objects, wrk -t1 -c50, keep-alive)",
+                "", "| peer | two origins on one connection | req/s | p99 ms | vs squid |",
+                "|---|---|---|---|---|"]
+        for r in rows:
+            if "unavailable" in r:
+                out.append(f"| {r['peer']} | – | unavailable: {r['unavailable']} | | |")
+                continue
+            gate = "–" if "gate" not in r else ("pass" if r["gate"] else "**FAIL**")
+            vs = _ratio(r, sq, "rps")
+            out.append(f"| {r['peer']} | {gate} | {_span(r['rps'])} | {_span(r['p99_ms'], 2)} "
+                       f"| {'' if vs is None else f'{vs:.2f}×'} |")
+        out.append("")
+        target("forward req/s vs squid (≥ 1.5×)", _ratio(q, sq, "rps"), 1.5)
+        target("forward req/s vs proxy.py (≥ 2.0×)", _ratio(q, pp, "rps"), 2.0)
+    if "browser" in sec:
+        rows = sec["browser"]
+        q, sq = _row(rows, "qpxd"), _row(rows, "squid")
+        out += ["## Forward proxy with 11 browser-like request headers", "",
+                "| peer | req/s | p99 ms |", "|---|---|---|"]
+        out += [f"| {r['peer']} | {_span(r['rps'])} | {_span(r['p99_ms'], 2)} |"
+                for r in rows if "rps" in r]
+        out.append("")
+        target("browser headers req/s vs squid (≥ 1.5×)", _ratio(q, sq, "rps"), 1.5)
+    for key, title, goals in (
+            ("connect", "CONNECT tunnel, 1 MiB objects back to back", True),
+            ("get1m", "Plain 1 MiB GET through the forward proxy", False)):
+        if key not in sec:
+            continue
+        rows = sec[key]
+        q, sq, d = _row(rows, "qpxd"), _row(rows, "squid"), _row(rows, "direct to origin")
+        out += [f"## {title}", "", "| peer | MB/s | vs squid | vs direct |", "|---|---|---|---|"]
+        for r in rows:
+            if "mb_s" not in r:
+                continue
+            vs, vd = _ratio(r, sq, "mb_s"), _ratio(r, d, "mb_s")
+            out.append(f"| {r['peer']} | {_span(r['mb_s'])} | "
+                       f"{'' if vs is None else f'{vs:.2f}×'} | "
+                       f"{'' if vd is None else f'{vd:.2f}×'} |")
+        out.append("")
+        if goals:
+            target("CONNECT MB/s vs squid (≥ 2.0×)", _ratio(q, sq, "mb_s"), 2.0)
+            target("CONNECT MB/s vs direct GET (≥ 1.0×)", _ratio(q, d, "mb_s"), 1.0)
+        else:
+            target("plain 1 MiB GET MB/s vs squid (≥ 4×)", _ratio(q, sq, "mb_s"), 4.0)
+    if "reverse" in sec:
+        rows = sec["reverse"]
+        q, ng = _row(rows, "qpxd"), _row(rows, "nginx")
+        out += ["## Reverse proxy (100-byte objects, upstream keep-alive, one worker each)", "",
+                "nginx and HAProxy saturate the single-threaded load generator long before "
+                "their own CPU, so the comparison that means something is CPU cost: "
+                "requests served per CPU-second of the proxy's processes.", "",
+                "| peer | req/s | p99 ms | requests per CPU-second |", "|---|---|---|---|"]
+        out += [f"| {r['peer']} | {_span(r['rps'])} | {_span(r['p99_ms'], 2)} | "
+                f"{_span(r['req_per_cpu_s'])} |" for r in rows if "rps" in r]
+        out.append("")
+        target("reverse requests per CPU-second vs nginx (≥ 0.5×)",
+               _ratio(q, ng, "req_per_cpu_s"), 0.5)
+        target("reverse p99 vs nginx (≤ 2×)", _ratio(q, ng, "p99_ms"), 2.0,
+               lower_is_better=True)
+    if "scaling" in sec:
+        rows = sec["scaling"]
+        out += ["## Scaling: workers and acceptor sockets (nothing pinned)", "",
+                "On a 2-core machine the load generator and the origin share the two CPUs "
+                "with the workers, so a second worker cannot double anything.", "",
+                "| qpxd | req/s | p99 ms |", "|---|---|---|"]
+        out += [f"| {r['peer']} | {_span(r['rps'])} | {_span(r['p99_ms'], 2)} |"
+                for r in rows if "rps" in r]
+        out.append("")
+        one = next((r for r in rows if r.get("workers") == 1 and "rps" in r), None)
+        two = next((r for r in rows if r.get("workers") == 2 and r.get("acceptors") == 1
+                    and "rps" in r), None)
+        target("2 workers vs 1 worker (≥ 1.3×)", _ratio(two, one, "rps"), 1.3)
+    if "rules" in sec:
+        rows = [r for r in sec["rules"] if "rps" in r]
+        out += ["## Rule count (forward, same workload)", "", "| rules | req/s |", "|---|---|"]
+        out += [f"| {r['rules']:,} | {_span(r['rps'])} |" for r in rows]
+        out.append("")
+        if len(rows) == 2:
+            cost = 1 - rows[1]["rps"]["median"] / rows[0]["rps"]["median"]
+            target("10 000 rules cost vs 10 rules (≤ 5 %)", cost * 100, 5.0, "{:.1f} %",
+                   lower_is_better=True)
+    if "memory" in sec:
+        r = sec["memory"][0]
+        if "idle_worker_mb" in r:
+            out += ["## Memory", "", "| what | RSS |", "|---|---|",
+                    f"| idle worker | {r['idle_worker_mb']:.1f} MB |",
+                    f"| master | {r['master_mb']:.1f} MB |",
+                    f"| worker with {r['connections']:,} idle keep-alive clients | "
+                    f"{r['worker_mb_with_conns']:.1f} MB |",
+                    f"| total (master + worker) with those clients | "
+                    f"{r['total_mb_with_conns']:.1f} MB |", ""]
+            target("idle worker RSS (≤ 40 MB)", r["idle_worker_mb"], 40, "{:.1f} MB",
+                   lower_is_better=True)
+            target(f"RSS with {r['connections']:,} idle clients (≤ 250 MB)",
+                   r["total_mb_with_conns"], 250, "{:.1f} MB", lower_is_better=True)
+    out += ["## Targets (issue 11)", "", "| target | measured | met |", "|---|---|---|"]
+    out += [f"| {what} | {value} | {'yes' if ok else ('**no**' if ok is False else '–')} |"
+            for what, value, ok in targets]
+    out.append("")
+    return "\n".join(out)

@@ -1,0 +1,361 @@
+"""``make bench``: qpxd beside the proxies a user would pick instead, in one run.
+
+Layout (2-core box): the proxy under test on CPU 0; wrk, the bulk client and the nginx
+origin on CPU 1 — the same for every peer.  Each figure is the median of ``--runs``
+runs (default 3) of ``--seconds`` (default 5) with min–max; ratios are against peers
+measured in the same run.  Writes docs/benchmarks.md and docs/benchmarks.json.
+
+    python bench/run.py [--runs 3] [--seconds 5] [--only forward,connect,...] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import (ROOT, HaproxyReverse, NginxOrigin, NginxReverse, ProxyPy, Qpxd,  # noqa
+                   Squid, Tinyproxy, cpu_seconds, free_port, rss_kb)
+
+LOAD_CPU, PROXY_CPU = 1, 0
+SECTIONS = ("forward", "browser", "connect", "get1m", "reverse", "scaling", "rules", "memory")
+
+
+def units(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    value, unit = float(m.group(1)), m.group(2)
+    return value / 1000.0 if unit == "us" else value if unit == "ms" else value * 1000.0
+
+
+def wrk(url: str, seconds: float, *, script: bool, env: dict | None = None,
+        connections: int = 50, cpu: int | None = LOAD_CPU) -> dict:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
+    if script:
+        cmd += ["-s", str(ROOT / "bench" / "lua" / "forward.lua")]
+    cmd.append(url)
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu)] + cmd
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})},
+                         timeout=seconds + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p99 = units(re.search(r"99%\s+(\S+)", out).group(1))
+    errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
+    return {"rps": rps, "p99_ms": p99, "errors": errors, "non2xx": non2xx}
+
+
+def bulk(mode: str, origin: int, seconds: float, proxy: int | None = None) -> dict:
+    cmd = ["taskset", "-c", str(LOAD_CPU), sys.executable, str(ROOT / "bench" / "bulk.py"),
+           mode, str(origin), str(seconds)] + ([str(proxy)] if proxy else [])
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
+    if r.returncode != 0:
+        return {"mb_s": 0.0, "error": r.stderr.strip()[-300:]}
+    return json.loads(r.stdout)
+
+
+def correctness_gate(proxy_port: int, origin: NginxOrigin) -> bool:
+    """Two requests on one keep-alive connection to two origins reach their own origin."""
+    try:
+        with socket.create_connection(("127.0.0.1", proxy_port), timeout=5) as s:
+            answers = []
+            for port in (origin.port, origin.port_b):
+                s.sendall(b"GET http://127.0.0.1:%d/who HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n"
+                          % (port, port))
+                data = b""
+                while not (data.endswith(b"origin-a\n") or data.endswith(b"origin-b\n")):
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                answers.append(data[-9:])
+            return answers == [b"origin-a\n", b"origin-b\n"]
+    except OSError:
+        return False
+
+
+def summarize(runs: list[dict], key: str) -> dict:
+    values = [r[key] for r in runs]
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.work = Path(tempfile.mkdtemp(prefix="qpxd-bench-"))
+        self.results: dict = {"sections": {}}
+        self.origin = NginxOrigin(self.work, LOAD_CPU)
+
+    def repeat(self, fn) -> list[dict]:
+        return [fn() for _ in range(self.args.runs)]
+
+    def run_peer(self, peer, fn, **meta) -> dict:
+        row = {"peer": peer.name, **meta}
+        try:
+            peer.start()
+        except Exception as e:  # noqa: BLE001 - a peer that cannot start is reported
+            row["unavailable"] = str(e)[:200]
+            peer.stop()
+            return row
+        try:
+            row.update(fn(peer))
+        finally:
+            peer.stop()
+        return row
+
+    # ------------------------------------------------------------------ sections
+
+    def forward_peers(self):
+        peers = [Qpxd(self.work, PROXY_CPU), Squid(self.work, PROXY_CPU),
+                 Tinyproxy(self.work, PROXY_CPU)]
+        python = self.proxypy_python()
+        if python:
+            peers.append(ProxyPy(self.work, PROXY_CPU, python))
+        return peers
+
+    def proxypy_python(self) -> str | None:
+        venv = ROOT / ".bench" / "proxypy"
+        py = venv / "bin" / "python"
+        if not py.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=False)
+            subprocess.run([str(py), "-m", "pip", "install", "-q", "proxy.py"],
+                           capture_output=True, check=False)
+        ok = subprocess.run([str(py), "-c", "import proxy"], capture_output=True)
+        return str(py) if ok.returncode == 0 else None
+
+    def section_forward(self, browser: bool = False) -> list[dict]:
+        env = {"ORIGIN": f"127.0.0.1:{self.origin.port}", "OBJ": "/100b",
+               "BROWSER": "1" if browser else "0"}
+        secs = self.args.seconds
+        rows = [{"peer": "direct to origin", "runs": self.repeat(
+            lambda: wrk(f"http://127.0.0.1:{self.origin.port}/100b", secs, script=False))}]
+        for peer in self.forward_peers():
+            if browser and peer.name not in ("qpxd", "squid"):
+                continue
+
+            def measure(p):
+                gate = correctness_gate(p.port, self.origin)
+                return {"gate": gate, "runs": self.repeat(
+                    lambda: wrk(f"http://127.0.0.1:{p.port}/", secs, script=True, env=env))}
+            rows.append(self.run_peer(peer, measure))
+        for row in rows:
+            if "runs" in row:
+                row["rps"] = summarize(row["runs"], "rps")
+                row["p99_ms"] = summarize(row["runs"], "p99_ms")
+        return rows
+
+    def section_bulk(self, mode: str) -> list[dict]:
+        secs = self.args.seconds
+        rows = [{"peer": "direct to origin", "runs": self.repeat(
+            lambda: bulk("direct", self.origin.port, secs))}]
+        for peer in (Qpxd(self.work, PROXY_CPU), Squid(self.work, PROXY_CPU)):
+            rows.append(self.run_peer(peer, lambda p: {"runs": self.repeat(
+                lambda: bulk(mode, self.origin.port, secs, p.port))}))
+        for row in rows:
+            if "runs" in row:
+                row["mb_s"] = summarize(row["runs"], "mb_s")
+        return rows
+
+    def section_reverse(self) -> list[dict]:
+        secs = self.args.seconds
+        o = self.origin.port
+        peers = [Qpxd(self.work, PROXY_CPU, mode="reverse", origin_port=o, label="qpxd"),
+                 NginxReverse(self.work, PROXY_CPU, o), HaproxyReverse(self.work, PROXY_CPU, o)]
+        rows = []
+        for peer in peers:
+            def measure(p):
+                runs = []
+                for _ in range(self.args.runs):
+                    pids = p.pids()
+                    c0 = cpu_seconds(pids)
+                    r = wrk(f"http://127.0.0.1:{p.port}/100b", secs, script=False)
+                    r["cpu_s"] = cpu_seconds(pids) - c0
+                    r["req_per_cpu_s"] = r["rps"] * secs / max(r["cpu_s"], 1e-9)
+                    runs.append(r)
+                return {"runs": runs}
+            rows.append(self.run_peer(peer, measure))
+        for row in rows:
+            if "runs" in row:
+                for key in ("rps", "p99_ms", "req_per_cpu_s"):
+                    row[key] = summarize(row["runs"], key)
+        return rows
+
+    def section_scaling(self) -> list[dict]:
+        secs = self.args.seconds
+        env = {"ORIGIN": f"127.0.0.1:{self.origin.port}", "OBJ": "/100b"}
+        rows = []
+        for workers, acceptors in ((1, 1), (2, 1), (2, 2)):
+            peer = Qpxd(self.work, None, workers=workers, acceptors=acceptors,
+                        label=f"qpxd {workers}w x {acceptors}a")
+            rows.append(self.run_peer(peer, lambda p: {"runs": self.repeat(
+                lambda: wrk(f"http://127.0.0.1:{p.port}/", secs, script=True, env=env,
+                            cpu=None))}, workers=workers, acceptors=acceptors))
+        for row in rows:
+            if "runs" in row:
+                row["rps"] = summarize(row["runs"], "rps")
+                row["p99_ms"] = summarize(row["runs"], "p99_ms")
+        return rows
+
+    def section_rules(self) -> list[dict]:
+        secs = self.args.seconds
+        env = {"ORIGIN": f"127.0.0.1:{self.origin.port}", "OBJ": "/100b"}
+        rows = []
+        for n in (10, 10000):
+            peer = Qpxd(self.work, PROXY_CPU, rules=blocklist(n - 1), label=f"qpxd {n} rules")
+            rows.append(self.run_peer(peer, lambda p: {"runs": self.repeat(
+                lambda: wrk(f"http://127.0.0.1:{p.port}/", secs, script=True, env=env))},
+                rules=n))
+        for row in rows:
+            if "runs" in row:
+                row["rps"] = summarize(row["runs"], "rps")
+        return rows
+
+    def section_memory(self) -> list[dict]:
+        peer = Qpxd(self.work, PROXY_CPU, label="qpxd memory")
+
+        def measure(p):
+            time.sleep(1.0)
+            worker = p.workers()[0]
+            idle = rss_kb(worker)
+            master = rss_kb(p.proc.pid)
+            conns = hold_connections(p.port, self.origin.port, self.args.idle_connections)
+            time.sleep(1.0)
+            loaded = rss_kb(worker)
+            for s in conns:
+                s.close()
+            return {"idle_worker_mb": idle / 1024, "master_mb": master / 1024,
+                    "connections": len(conns), "worker_mb_with_conns": loaded / 1024,
+                    "total_mb_with_conns": (loaded + master) / 1024}
+        return [self.run_peer(peer, measure)]
+
+    # ------------------------------------------------------------------ main
+
+    def run(self) -> dict:
+        only = set(self.args.only.split(",")) if self.args.only else set(SECTIONS)
+        self.origin.start()
+        try:
+            plan = [("forward", lambda: self.section_forward()),
+                    ("browser", lambda: self.section_forward(browser=True)),
+                    ("connect", lambda: self.section_bulk("connect")),
+                    ("get1m", lambda: self.section_bulk("get")),
+                    ("reverse", self.section_reverse),
+                    ("scaling", self.section_scaling),
+                    ("rules", self.section_rules),
+                    ("memory", self.section_memory)]
+            for name, fn in plan:
+                if name in only:
+                    print(f"== {name}", flush=True)
+                    self.results["sections"][name] = fn()
+                    print(json.dumps(self.results["sections"][name], default=str)[:600],
+                          flush=True)
+        finally:
+            self.origin.stop()
+            shutil.rmtree(self.work, ignore_errors=True)
+        return self.results
+
+
+def blocklist(n: int) -> list[dict]:
+    """A realistic block list: exact hosts and *.suffix hosts, a few CIDRs and ports."""
+    rules = []
+    for i in range(n):
+        if i % 50 == 0:
+            match = {"src_ip": [f"10.{i // 256 % 256}.{i % 256}.0/24"]}
+        elif i % 3 == 0:
+            match = {"host": [f"*.ads{i}.example"]}
+        elif i % 97 == 0:
+            match = {"dst_port": [20000 + i % 1000], "method": ["POST"]}
+        else:
+            match = {"host": [f"tracker{i}.example.net"]}
+        rules.append({"name": f"block-{i}", "match": match, "action": {"type": "block"}})
+    return rules
+
+
+def hold_connections(port: int, origin: int, n: int) -> list[socket.socket]:
+    """``n`` keep-alive client connections, each after one completed request."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    conns = []
+    req = b"GET http://127.0.0.1:%d/100b HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (origin, origin)
+    for _ in range(min(n, hard - 200)):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(req)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < 100:
+            chunk = s.recv(4096)
+            if not chunk:
+                raise RuntimeError(f"connection closed: {data[:200]!r}")
+            data += chunk
+        conns.append(s)
+    return conns
+
+
+def machine() -> dict:
+    model = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for tool, args in (("squid", ["-v"]), ("nginx", ["-v"]), ("haproxy", ["-v"]),
+                       ("tinyproxy", ["-v"]), ("wrk", ["-v"])):
+        r = subprocess.run([tool] + args, capture_output=True, text=True)
+        text = (r.stdout + r.stderr).strip().splitlines()
+        versions[tool] = text[0][:80] if text else "?"
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+            "kernel": platform.release(), "versions": versions}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--only", default="", help=f"comma list of {', '.join(SECTIONS)}")
+    ap.add_argument("--idle-connections", type=int, default=10000)
+    ap.add_argument("--quick", action="store_true", help="1 run of 2 s (a smoke test)")
+    ap.add_argument("--out", default=str(ROOT / "docs"))
+    args = ap.parse_args()
+    if args.quick:
+        args.runs, args.seconds, args.idle_connections = 1, 2.0, 1000
+    missing = [t for t in ("wrk", "nginx", "squid", "tinyproxy", "haproxy", "taskset")
+               if not shutil.which(t)]
+    if missing:
+        print(f"bench: missing {', '.join(missing)} (make bench installs them as root)",
+              file=sys.stderr)
+        return 2
+    t0 = time.time()
+    results = Bench(args).run()
+    results["machine"] = machine()
+    results["command"] = "make bench" if not (args.only or args.quick or args.runs != 3
+                                              or args.seconds != 5) else \
+        "python bench/run.py " + " ".join(sys.argv[1:])
+    results["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t0))
+    results["layout"] = (f"proxy under test on CPU {PROXY_CPU}; wrk, bulk client and nginx "
+                         f"origin on CPU {LOAD_CPU} (taskset); scaling rows float")
+    out = Path(args.out)
+    out.mkdir(exist_ok=True)
+    (out / "benchmarks.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    from report import render
+
+    (out / "benchmarks.md").write_text(render(results))
+    print(f"wrote {out / 'benchmarks.md'} and {out / 'benchmarks.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

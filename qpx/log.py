@@ -136,7 +136,7 @@ class AccessLog:
             self.fd = os.open(self.target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             self._own = True
 
-    def record(self, *, listener: str, client: str, method: str, target: str,
+    def record(self, listener: str, client: str, method: str, target: str,
                status: int, rule: str | None = None, action: str | None = None,
                bytes_in: int = 0, bytes_out: int = 0, duration: float = 0.0,
                upstream: str | None = None, reason: str | None = None) -> None:

@@ -45,7 +45,7 @@ class Conn:
     """A non-blocking socket with its own watchers and an absolute deadline (0 = none)."""
 
     __slots__ = ("sock", "fd", "_rw", "_ww", "_wait", "waiting", "deadline", "closed",
-                 "_registry", "__weakref__")
+                 "_registry", "parser", "__weakref__")
 
     def __init__(self, sock: socket.socket, registry: "Sweeper | None" = None):
         sock.setblocking(False)
@@ -59,6 +59,7 @@ class Conn:
         self.waiting = None
         self.deadline = 0.0
         self.closed = False
+        self.parser = None  # an upstream's response parser, kept while it is in sync
         self._registry = registry
         if registry is not None:
             registry.conns.add(self)

@@ -89,6 +89,7 @@ class CompiledRule:
     require_auth: bool
     groups: tuple[str, ...]
     headers: CompiledHeaderControl | None
+    decision: "Decision"  # what the rule decides (built once: no per-request object)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,12 +158,14 @@ class ListenerPolicy:
         self.name = lst.name
         self.mode = lst.mode
         self.default = self._action(cfg, lst.default_action, lst)
-        self.rules = [CompiledRule(
-            r.name,
-            self._action(cfg, r.action, lst) if r.action else self.default,
-            bool(r.auth and r.auth.require),
-            r.auth.groups if r.auth else (),
-            CompiledHeaderControl.compile(r.headers)) for r in lst.rules]
+        self.default_decision = Decision(None, self.default)
+        self.rules = []
+        for r in lst.rules:
+            action = self._action(cfg, r.action, lst) if r.action else self.default
+            headers = CompiledHeaderControl.compile(r.headers)
+            self.rules.append(CompiledRule(r.name, action, bool(r.auth and r.auth.require),
+                                           r.auth.groups if r.auth else (), headers,
+                                           Decision(r.name, action, headers)))
         self.ruleset = RuleSet.compile([r.match for r in lst.rules])
         self.needs_auth = any(r.require_auth or r.groups for r in self.rules)
         self.trusted = TrustSet(lst.xdp.trusted_peers) if lst.xdp.enabled else None
@@ -182,10 +185,7 @@ class ListenerPolicy:
                authorization: bytes | None = None) -> Decision:
         if not self.needs_auth:
             i = self.ruleset.first_match(ctx)
-            if i < 0:
-                return Decision(None, self.default)
-            r = self.rules[i]
-            return Decision(r.name, r.action, r.headers)
+            return self.default_decision if i < 0 else self.rules[i].decision
         user: str | None = None
         checked = False
         for i in self.ruleset.matching_indices(ctx):
@@ -216,6 +216,7 @@ class CompiledBackend:
 class CompiledRoute:
     def __init__(self, index: int, r: m.Route):
         self.index = index
+        self.label = f"route {index}"
         self.model = r
         self.backends = tuple(CompiledBackend(b.name, b.weight,
                                               tuple(parse_hop(u) for u in b.upstreams))
@@ -262,6 +263,7 @@ class Policy:
         self.messages = {k: getattr(cfg.messages, k).encode("utf-8")
                          for k in m.Messages.__dataclass_fields__}
         self.via = b"1.1 " + cfg.identity.proxy_name.encode("ascii")
+        self.via_line = b"Via: " + self.via + b"\r\n"
         self.proxy_name = cfg.identity.proxy_name.lower().encode("ascii")
         self.realm = cfg.identity.auth_realm.encode("latin-1")
 

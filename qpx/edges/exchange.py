@@ -37,7 +37,7 @@ class Target:
 
     __slots__ = ("host", "port", "key", "guard", "label")
 
-    def __init__(self, host: str, port: int, *, via_proxy: bool, guard: bool):
+    def __init__(self, host: str, port: int, via_proxy: bool, guard: bool):
         self.host, self.port = host, port
         self.key = ("proxy", host, port) if via_proxy else (host, port)
         self.guard = guard  # refuse local destinations (SSRF guard)
@@ -81,12 +81,16 @@ def dial(session: ClientSession, target: Target, deadline: float) -> Conn:
                             sent=False) from None
 
 
-def _read_response(up: Conn, deadline: float, max_head: int) -> tuple[Response, bytes]:
-    """The next final (or 101) response head and the bytes read after it; 1xx
-    informational heads are skipped."""
+def _read_response(up: Conn, deadline: float, max_head: int
+                   ) -> tuple[Response, bytes, ResponseHeadParser]:
+    """The next final (or 101) response head, the bytes read after it and the parser
+    (reusable for the next response once it has seen this body); 1xx informational
+    heads are skipped."""
     data = b""
+    parser = up.parser
+    up.parser = None
     while True:
-        parser = ResponseHeadParser(max_head)
+        parser = parser.reset() if parser is not None else ResponseHeadParser(max_head)
         resp = parser.feed(data) if data else None
         up.deadline = deadline
         first = True
@@ -108,7 +112,7 @@ def _read_response(up: Conn, deadline: float, max_head: int) -> tuple[Response, 
         if 100 <= resp.status < 200 and resp.status != 101:
             data = parser.rest
             continue
-        return resp, parser.rest
+        return resp, parser.rest, parser
 
 
 def response_framing(req: Request, resp: Response) -> str:
@@ -153,7 +157,7 @@ class _Prepared:
             self.decoder = decoder
 
 
-def exchange(session: ClientSession, req: Request, target: Target, head: bytes, *,
+def exchange(session: ClientSession, req: Request, target: Target, head: bytes,
              timeout: float, response_control=None, upgrade: bool = False) -> Result:
     """Send ``req`` (its head already serialised as ``head``, body still to come from
     the client) to ``target`` and relay the response.  Raises HttpError/UpstreamError
@@ -167,7 +171,7 @@ def exchange(session: ClientSession, req: Request, target: Target, head: bytes, 
 
 
 def _send(session: ClientSession, req: Request, target: Target, out: _Prepared,
-          deadline: float, upgrade: bool) -> tuple[Conn, Response, bytes, int]:
+          deadline: float, upgrade: bool) -> tuple[Conn, Response, bytes, int, object]:
     """Write the request and read the response head.  A pooled connection that fails
     before any response byte is replaced by a fresh one once, when the request can be
     replayed from memory.  Returns (connection, response, bytes after its head, body
@@ -211,7 +215,7 @@ def _send(session: ClientSession, req: Request, target: Target, out: _Prepared,
                 conn.abort()
                 raise UpstreamError(502, f"sending the body upstream: {e}") from None
         try:
-            resp, rest = _read_response(conn, deadline, services.limits.max_head * 2)
+            resp, rest, parser = _read_response(conn, deadline, services.limits.max_head * 2)
         except UpstreamError as e:
             conn.abort()
             conn = None
@@ -219,18 +223,18 @@ def _send(session: ClientSession, req: Request, target: Target, out: _Prepared,
                 reused = False
                 continue
             raise
-        return conn, resp, rest, sent
+        return conn, resp, rest, sent, parser
 
 
 def _exchange(session: ClientSession, req: Request, target: Target, head: bytes,
               timeout: float, response_control, upgrade: bool) -> Result:
     services = session.services
     client = session.conn
-    result = Result(upstream=target.label)
+    result = Result(0, 0, 0, target.label)
     started = monotonic()
     out = _Prepared(session, req, head)
-    conn, resp, rest, result.bytes_in = _send(session, req, target, out, started + timeout,
-                                              upgrade)
+    conn, resp, rest, result.bytes_in, parser = _send(session, req, target, out,
+                                                      started + timeout, upgrade)
     result.head_latency = monotonic() - started
 
     if resp.status == 101:
@@ -247,7 +251,8 @@ def _exchange(session: ClientSession, req: Request, target: Target, head: bytes,
     elif framing == "eof":
         out_framing, close_client = "raw", True
 
-    fwd = resp.forward_head() if response_control is None else None
+    keep_length = out_framing == "length" and resp.keeps_length_line()
+    fwd = resp.forward_head(keep_length) if response_control is None else None
     if fwd is not None:
         raw = resp.raw
         status_line = raw[:raw.index(b"\r\n")] if resp.version == 11 else \
@@ -255,6 +260,7 @@ def _exchange(session: ClientSession, req: Request, target: Target, head: bytes,
         lines = [status_line, fwd, b"\r\n"]
         has_date = resp.has_date
     else:
+        keep_length = False
         headers: Triples = resp.headers
         if response_control is not None:
             headers = response_control.apply(headers)
@@ -269,9 +275,11 @@ def _exchange(session: ClientSession, req: Request, target: Target, head: bytes,
             lines.append(name + b": " + value + b"\r\n")
     if not has_date:
         lines.append(b"Date: " + http_date() + b"\r\n")
-    lines.append(b"Via: " + services.policy.via + b"\r\n")
-    if out_framing == "length" or (framing == "none" and resp.content_length is not None
-                                   and req.method == "HEAD"):
+    lines.append(services.policy.via_line)
+    if keep_length:
+        pass
+    elif out_framing == "length" or (framing == "none" and resp.content_length is not None
+                                     and req.method == "HEAD"):
         lines.append(b"Content-Length: %d\r\n" % (resp.content_length or 0))
     elif out_framing == "chunked":
         lines.append(b"Transfer-Encoding: chunked\r\n")
@@ -288,9 +296,13 @@ def _exchange(session: ClientSession, req: Request, target: Target, head: bytes,
     try:
         if framing == "length" and len(rest) >= (resp.content_length or 0):
             n = resp.content_length or 0
-            client.sendall(out_head + rest[:n], services.send_timeout)
-            leftover = rest[n:]
+            body = rest[:n] if n < len(rest) else rest
+            client.sendall(out_head + body, services.send_timeout)
+            leftover = rest[n:] if n < len(rest) else b""
             result.bytes_out = len(out_head) + n
+            if reusable and not leftover and req.method != "HEAD":
+                parser.feed_body(body)  # llhttp stays in step: reuse it next time
+                conn.parser = parser
         else:
             client.sendall(out_head, services.send_timeout)
             result.bytes_out = len(out_head)

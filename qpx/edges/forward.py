@@ -137,6 +137,7 @@ class ForwardEdge(HttpEdge):
     def __init__(self, lp: ListenerPolicy, services: Services):
         super().__init__(services, lp.name, lp.model.xdp, lp.trusted, lp.filter)
         self.lp = lp
+        self.guard = not lp.model.allow_local_destinations
 
     # ------------------------------------------------------------------ request
 
@@ -154,9 +155,8 @@ class ForwardEdge(HttpEdge):
             raise HttpError(501, f"{req.scheme}:// is not proxied (use CONNECT)",
                             "not_implemented")
         port = req.port or 80
-        ctx = MatchContext(src_ip=session.client.key, dst_port=port, host=req.host,
-                           sni=req.host if connect else None, method=req.method,
-                           path=req.path, headers=req)
+        ctx = MatchContext(session.client.key, port, req.host, req.host if connect else None,
+                           req.method, req.path, req)
         decision = self.lp.decide(ctx, policy.users, req.get(b"proxy-authorization")
                                   if self.lp.needs_auth else None)
         self.count_rules(self.lp.ruleset)
@@ -199,21 +199,19 @@ class ForwardEdge(HttpEdge):
         target_path = req.path.encode("ascii")
         if action.via is not None:
             first = b"%s http://%s%s HTTP/1.1\r\n" % (req.method.encode(), host, target_path)
-            target = Target(action.via.host, action.via.port, via_proxy=True, guard=False)
+            target = Target(action.via.host, action.via.port, True, False)
         else:
             first = b"%s %s HTTP/1.1\r\n" % (req.method.encode(), target_path)
-            target = Target(req.host, port, via_proxy=False,
-                            guard=not self.lp.model.allow_local_destinations)
+            target = Target(req.host, port, False, self.guard)
         head = request_head(req, first, host, services.policy.via, headers,
                             None if mf is None else mf - 1)
         resp_control = decision.headers.response if decision.headers is not None else None
-        result = exchange(session, req, target, head, timeout=services.upstream_timeout,
-                          response_control=resp_control, upgrade=req.upgrade is not None)
+        result = exchange(session, req, target, head, services.upstream_timeout, resp_control,
+                          req.upgrade is not None)
         if services.metrics is not None:
             services.metrics.upstream_latency(self.name, result.head_latency)
-        session.log_request(req, result.status, started, rule=decision.rule,
-                            action=action.type, bytes_in=result.bytes_in,
-                            bytes_out=result.bytes_out, upstream=result.upstream)
+        session.log_request(req, result.status, started, decision.rule, action.type,
+                            result.bytes_in, result.bytes_out, result.upstream)
         return not session.closing
 
     def answer_max_forwards(self, session: ClientSession, req: Request, started: float,

@@ -93,8 +93,8 @@ class ReverseEdge(HttpEdge):
             session.log_request(req, 200, started, action="options")
             return True
         client = session.client
-        ctx = MatchContext(src_ip=client.key, dst_port=client.dst_port, host=req.host,
-                           sni=None, method=req.method, path=req.path, headers=req)
+        ctx = MatchContext(client.key, client.dst_port, req.host, None, req.method, req.path,
+                           req)
         route = self.rp.route(ctx)
         self.count_rules(self.rp.ruleset)
         if route is None:
@@ -106,7 +106,7 @@ class ReverseEdge(HttpEdge):
                 headers = route.headers.response.apply(headers)
             n = session.reply(reply.status, headers, reply.body, req, close=req.has_body(),
                               head_only=req.method == "HEAD")
-            session.log_request(req, reply.status, started, rule=f"route {route.index}",
+            session.log_request(req, reply.status, started, rule=route.label,
                                 action="respond", bytes_out=n)
             return True
         mf = max_forwards(req)
@@ -165,12 +165,11 @@ class ReverseEdge(HttpEdge):
             else:
                 head = serialize(first, req.headers if headers is None else headers, skip,
                                  [b"Host: " + host + b"\r\n"] + extra_common)
-            target = Target(hop.host, hop.port, via_proxy=False, guard=False)
+            target = Target(hop.host, hop.port, False, False)
             endpoint.inflight += 1
             try:
-                result = exchange(session, req, target, head, timeout=route.timeout,
-                                  response_control=response_control,
-                                  upgrade=req.upgrade is not None)
+                result = exchange(session, req, target, head, route.timeout, response_control,
+                                  req.upgrade is not None)
             except UpstreamError as e:
                 endpoint.failure()
                 can_retry = (not e.sent) or (retryable and e.before_response)
@@ -186,7 +185,6 @@ class ReverseEdge(HttpEdge):
             endpoint.success()
             if services.metrics is not None:
                 services.metrics.upstream_latency(self.name, result.head_latency)
-            session.log_request(req, result.status, started, rule=f"route {route.index}",
-                                action="proxy", bytes_in=result.bytes_in,
-                                bytes_out=result.bytes_out, upstream=result.upstream)
+            session.log_request(req, result.status, started, route.label, "proxy",
+                                result.bytes_in, result.bytes_out, result.upstream)
             return not session.closing

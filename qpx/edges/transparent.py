@@ -222,8 +222,8 @@ class TransparentEdge(HttpEdge):
             host, port = req.host, req.port or 80
         else:
             raise HttpError(400, "no destination: not redirected and no Host header")
-        ctx = MatchContext(src_ip=session.client.key, dst_port=port, host=req.host or host,
-                           method=req.method, path=req.path, headers=req)
+        ctx = MatchContext(session.client.key, port, req.host or host, None, req.method,
+                           req.path, req)
         decision = self.lp.decide(ctx, policy.users, req.get(b"proxy-authorization")
                                   if self.lp.needs_auth else None)
         self.count_rules(self.lp.ruleset)
@@ -251,9 +251,8 @@ class TransparentEdge(HttpEdge):
             target = Target(host, port, via_proxy=False, guard=self.guard)
         head = request_head(req, first, host_hdr, policy.via, headers)
         resp_control = decision.headers.response if decision.headers is not None else None
-        result = exchange(session, req, target, head, timeout=services.upstream_timeout,
-                          response_control=resp_control, upgrade=req.upgrade is not None)
-        session.log_request(req, result.status, started, rule=decision.rule,
-                            action=action.type, bytes_in=result.bytes_in,
-                            bytes_out=result.bytes_out, upstream=result.upstream)
+        result = exchange(session, req, target, head, services.upstream_timeout, resp_control,
+                          req.upgrade is not None)
+        session.log_request(req, result.status, started, decision.rule, action.type,
+                            result.bytes_in, result.bytes_out, result.upstream)
         return not session.closing

@@ -37,7 +37,6 @@ from .errors import HttpError
 
 _HOST = re.compile(rb"^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9\-._~]*))(?::([0-9]{1,5}))?$")
 _SCHEME = re.compile(rb"^([A-Za-z][A-Za-z0-9+.\-]*)://")
-_AUTHORITY_END = re.compile(rb"[/?]")
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _VERSION = re.compile(rb"^HTTP/[0-9]\.[0-9]$")
 _TE_LINE = re.compile(rb"(?im)^transfer-encoding[ \t]*:[ \t]*([^\r\n]*)")
@@ -76,7 +75,7 @@ class Limits:
 _host_cache: dict[bytes, tuple[str, int | None]] = {}
 
 
-def parse_host(value: bytes) -> tuple[str, int | None]:
+def parse_host(value: bytes | str) -> tuple[str, int | None]:
     """``uri-host [ ":" port ]`` → (lowercased host, port or None).  IPv6 keeps its
     brackets off; a single trailing dot is dropped so ``example.com.`` cannot slip past a
     rule written for ``example.com``.  Raises ValueError when invalid.  Valid results
@@ -84,7 +83,7 @@ def parse_host(value: bytes) -> tuple[str, int | None]:
     hit = _host_cache.get(value)
     if hit is not None:
         return hit
-    result = _parse_host(value)
+    result = _parse_host(value if isinstance(value, bytes) else value.encode())
     if len(_host_cache) >= 4096:
         _host_cache.clear()
     _host_cache[value] = result
@@ -239,6 +238,18 @@ class RequestHeadParser:
         self._parser = httptools.HttpRequestParser(self._sink)
         self.rest = b""
 
+    def reset(self) -> "RequestHeadParser":
+        """Ready for the next head on the same connection.  Only after a request llhttp
+        saw complete: no body, no upgrade (it was fed the head alone, so a body would
+        leave it mid-message; the caller then makes a new parser)."""
+        self.buf = bytearray()
+        self.fed = 0
+        sink = self._sink
+        sink.url = b""
+        sink.done = False
+        self.rest = b""
+        return self
+
     def feed(self, data: bytes) -> Request | None:
         buf = self.buf
         if not buf and data[:1] not in (b"\r", b"\n"):
@@ -253,14 +264,15 @@ class RequestHeadParser:
                 if not self._sink.done:
                     raise self._classify("head did not complete")
                 limits = self.limits
-                if data.find(b"\r\n", 0, limits.max_line + 2) < 0:
+                line_end = data.find(b"\r\n", 0, limits.max_line + 2)
+                if line_end < 0:
                     raise HttpError(414, "request line too long", "bad_request")
                 if stop > limits.max_head:
                     raise HttpError(431, "request header section too large", "bad_request")
                 if stop < len(data):
                     self.rest = data[stop:]
-                    return self._finish(data[:stop])
-                return self._finish(data)
+                    return self._finish(data[:stop], line_end)
+                return self._finish(data, line_end)
         start = len(buf)
         buf += data
         limits = self.limits
@@ -283,7 +295,8 @@ class RequestHeadParser:
         if stop > limits.max_head:
             raise HttpError(431, "request header section too large", "bad_request")
         self.rest = bytes(buf[stop:])
-        return self._finish(bytes(buf[:stop]))
+        raw = bytes(buf[:stop]).lstrip(b"\r\n")  # empty lines before the request line
+        return self._finish(raw, raw.find(b"\r\n"))
 
     def _run(self, chunk: bytes) -> None:
         try:
@@ -319,21 +332,24 @@ class RequestHeadParser:
                     return err
         return HttpError(400, f"malformed request: {detail}", "bad_request")
 
-    def _finish(self, raw: bytes) -> Request:
+    def _finish(self, raw: bytes, line_end: int) -> Request:
         parser = self._parser
         low = raw.lower()
         req = Request(raw, low)
         req.method = method = parser.get_method().decode("ascii")
-        version = parser.get_http_version()
-        if version == "1.1":
+        # llhttp has checked "HTTP/" DIGIT "." DIGIT at the end of the request line (or
+        # no version at all: HTTP/0.9)
+        version = raw[line_end - 8:line_end]
+        if version == b"HTTP/1.1":
             req.version = 11
-        elif version == "1.0":
+        elif version == b"HTTP/1.0":
             req.version = 10
-        elif version == "0.9":
+        elif version[:5] != b"HTTP/":
             raise HttpError(400, "HTTP/0.9 is not supported", "bad_request")
         else:
-            raise HttpError(505, f"HTTP/{version} is not supported", "bad_request")
-        if raw.count(b"\r\n") - 2 > self.limits.max_count:
+            raise HttpError(505, f"{version.decode()} is not supported", "bad_request")
+        limits = self.limits
+        if len(raw) > 4 * limits.max_count and raw.count(b"\r\n") - 2 > limits.max_count:
             raise HttpError(431, "too many header fields", "bad_request")
 
         # framing (RFC 9112 §6); llhttp has rejected repeated or malformed Content-Length
@@ -411,14 +427,17 @@ class RequestHeadParser:
 
     @staticmethod
     def _target(req: Request, url: bytes, method: str, host_hdr) -> None:
-        if url.find(b"#") >= 0:
-            raise HttpError(400, "fragment in request target", "bad_request")
         try:
-            req.target = url.decode("ascii")
+            target = url.decode()
         except UnicodeDecodeError:
-            raise HttpError(400, "non-ASCII byte in request target", "bad_request") from None
+            target = "\x80"
+        if not target.isascii():
+            raise HttpError(400, "non-ASCII byte in request target", "bad_request")
+        if "#" in target:
+            raise HttpError(400, "fragment in request target", "bad_request")
+        req.target = target
         if method == "CONNECT":
-            if url.find(b"/") >= 0 or url.find(b"@") >= 0:
+            if "/" in target or "@" in target:
                 raise HttpError(400, "CONNECT needs authority-form host:port", "bad_request")
             try:
                 host, port = parse_host(url)
@@ -428,32 +447,35 @@ class RequestHeadParser:
                 raise HttpError(400, "CONNECT target needs a port", "bad_request")
             req.form, req.host, req.port = "authority", host, port
             return
-        if url == b"*":
+        if target[:1] == "/":
+            req.path = target  # form "origin" is the default
+            return
+        if target == "*":
             if method != "OPTIONS":
                 raise HttpError(400, "asterisk-form is only for OPTIONS", "bad_request")
             req.form = "asterisk"
             return
-        if url.startswith(b"/"):
-            req.form, req.path = "origin", req.target
-            return
-        if url[:7].lower() == b"http://":
-            scheme, rest = "http", url[7:]
+        if target[:7].lower() == "http://":
+            scheme, start = "http", 7
         else:
             m = _SCHEME.match(url)
             if not m:
                 raise HttpError(400, "invalid request target", "bad_request")
-            scheme, rest = m.group(1).lower().decode(), url[m.end():]
-        m = _AUTHORITY_END.search(rest)
-        cut = m.start() if m else len(rest)
-        authority = rest[:cut]
-        if authority.find(b"@") >= 0:
-            raise HttpError(400, "userinfo in request target", "bad_request")
+            scheme, start = m.group(1).lower().decode(), m.end()
+        cut = target.find("/", start)
+        if cut < 0:
+            cut = len(target)
+        q = target.find("?", start, cut)
+        if q >= 0:
+            cut = q
+        authority = target[start:cut]
         try:
             host, port = parse_host(authority)
         except ValueError:
-            raise HttpError(400, "invalid authority in request target", "bad_request") from None
+            why = "userinfo in" if "@" in authority else "invalid authority in"
+            raise HttpError(400, f"{why} request target", "bad_request") from None
         if not host:
             raise HttpError(400, "empty host in request target", "bad_request")
         req.form, req.scheme, req.host, req.port = "absolute", scheme, host, port
-        tail = req.target[len(req.target) - len(rest) + cut:]
+        tail = target[cut:]
         req.path = tail if tail[:1] == "/" else "/" + tail

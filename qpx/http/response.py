@@ -23,6 +23,8 @@ import httptools
 from .errors import UpstreamError
 
 _PLAIN_TOKENS = frozenset((b"keep-alive", b"close"))
+_COMMON_CONNECTION = {v: frozenset((v.strip(),)) for v in
+                      (b" keep-alive", b"keep-alive", b" close", b"close")}
 # hop-by-hop fields beyond Connection/Keep-Alive/framing: their presence sends the
 # response down the general (per-field) path
 _RARE = re.compile(rb"\r\n(?:proxy-|te:|trailer:|upgrade:)")
@@ -30,7 +32,8 @@ _RARE = re.compile(rb"\r\n(?:proxy-|te:|trailer:|upgrade:)")
 
 class Response:
     __slots__ = ("status", "reason", "version", "raw", "content_length", "chunked",
-                 "keep_alive", "conn_tokens", "has_date", "_headers", "drop", "plain")
+                 "keep_alive", "conn_tokens", "has_date", "_headers", "drop", "plain",
+                 "cl_span")
 
     def __init__(self, raw: bytes, status: int, reason: bytes, version: int):
         self.raw = raw  # the head, status line to the blank line included
@@ -45,6 +48,7 @@ class Response:
         self._headers = None
         self.drop: list[tuple[int, int]] = []  # hop-by-hop and framing lines of raw
         self.plain = True  # no other hop-by-hop field: forward from raw minus drop
+        self.cl_span: tuple[int, int] | None = None  # the Content-Length line of raw
 
     @property
     def headers(self) -> list[tuple[bytes, bytes, bytes]]:
@@ -63,19 +67,30 @@ class Response:
                 return v
         return None
 
-    def forward_head(self) -> bytes | None:
+    def keeps_length_line(self) -> bool:
+        """Whether the received Content-Length line can be forwarded as it is (the same
+        length is sent on, written canonically: no leading zeros)."""
+        span = self.cl_span
+        return span is not None and (self.raw[span[0] + 17:span[1]].strip(b" \t")[:1] != b"0"
+                                     or self.content_length == 0)
+
+    def forward_head(self, keep_length: bool = False) -> bytes | None:
         """The head's header lines as the client may see them (hop-by-hop and framing
-        lines removed, starting with CRLF, without the final blank line), or None when
-        other hop-by-hop fields are present (the caller then works from ``headers``)."""
+        lines removed — the Content-Length line too unless ``keep_length``), starting
+        with CRLF, without the final blank line; or None when other hop-by-hop fields
+        are present (the caller then works from ``headers``)."""
         if not self.plain:
             return None
         raw = self.raw
         pos = raw.index(b"\r\n")
         end = len(raw) - 4
-        if not self.drop:
+        drop = self.drop
+        if self.cl_span is not None and not keep_length:
+            drop = drop + [self.cl_span]
+        if not drop:
             return raw[pos:end]
         parts = []
-        for start, stop in sorted(self.drop):
+        for start, stop in sorted(drop):
             parts.append(raw[pos:start])
             pos = stop
         parts.append(raw[pos:end])
@@ -112,6 +127,22 @@ class ResponseHeadParser:
         self._parser = httptools.HttpResponseParser(self._sink)
         self.rest = b""
 
+    def reset(self) -> "ResponseHeadParser":
+        """Ready for the next head on the same connection (after :meth:`feed_body` has
+        taken the whole previous body, so llhttp saw the message end)."""
+        self.buf = bytearray()
+        self.fed = 0
+        sink = self._sink
+        sink.reason = b""
+        sink.done = False
+        self.rest = b""
+        return self
+
+    def feed_body(self, body: bytes) -> None:
+        """Let llhttp see a (complete, Content-Length framed) body, so that the parser
+        can be reused for the next response on this connection."""
+        self._run(body)
+
     def _run(self, chunk) -> None:
         try:
             self._parser.feed_data(chunk)
@@ -147,15 +178,14 @@ class ResponseHeadParser:
         return self._finish(bytes(buf[:stop]))
 
     def _finish(self, head: bytes) -> Response:
-        parser = self._parser
-        version = parser.get_http_version()
-        if version == "1.1":
+        version = head[:9]  # llhttp has checked "HTTP/" DIGIT "." DIGIT SP
+        if version == b"HTTP/1.1 ":
             v = 11
-        elif version == "1.0":
+        elif version == b"HTTP/1.0 ":
             v = 10
         else:
-            raise UpstreamError(502, f"unsupported response version HTTP/{version}")
-        resp = Response(head, parser.get_status_code(), self._sink.reason, v)
+            raise UpstreamError(502, f"unsupported response version {version[:8]!r}")
+        resp = Response(head, self._parser.get_status_code(), self._sink.reason, v)
         low = head.lower()
         drop = resp.drop
         cl = te = None
@@ -163,7 +193,7 @@ class ResponseHeadParser:
         if at >= 0:
             end = low.find(b"\r\n", at + 17)
             cl = head[at + 17:end].strip(b" \t")
-            drop.append((at, end))
+            resp.cl_span = (at, end)
         at = low.find(b"\r\ntransfer-encoding:")
         if at >= 0:
             end = low.find(b"\r\n", at + 20)
@@ -172,16 +202,19 @@ class ResponseHeadParser:
             te = head[at + 20:end].strip(b" \t")
             drop.append((at, end))
         resp.has_date = low.find(b"\r\ndate:") >= 0
-        tokens: set[bytes] | None = None
+        tokens: set[bytes] | frozenset[bytes] | None = None
         at = low.find(b"\r\nconnection:")
         while at >= 0:
             end = low.find(b"\r\n", at + 13)
-            for t in low[at + 13:end].split(b","):
-                t = t.strip()
-                if t:
-                    if tokens is None:
-                        tokens = set()
-                    tokens.add(t)
+            value = low[at + 13:end]
+            if tokens is None and value in _COMMON_CONNECTION:
+                tokens = _COMMON_CONNECTION[value]
+            else:
+                tokens = set(tokens or ())
+                for t in value.split(b","):
+                    t = t.strip()
+                    if t:
+                        tokens.add(t)
             drop.append((at, end))
             at = low.find(b"\r\nconnection:", end)
         at = low.find(b"\r\nkeep-alive:")

@@ -153,9 +153,11 @@ class Qpxd(Peer):
 
     def __init__(self, workdir: Path, cpu: int | None, *, mode: str = "forward",
                  origin_port: int = 0, workers: int = 1, acceptors: int = 1,
-                 rules: list | None = None, label: str | None = None):
+                 rules: list | None = None, label: str | None = None,
+                 metrics: bool = False):
         self.name = label or "qpxd"
         super().__init__(workdir, cpu)
+        self.metrics_port = free_port() if metrics else None
         rt = {"worker_threads": workers, "acceptor_tasks_per_listener": acceptors,
               "tcp_backlog": 4096}
         cfg: dict = {"version": 1, "runtime": rt,
@@ -172,6 +174,8 @@ class Qpxd(Peer):
             cfg["reverse"] = [{"name": "rev", "listen": f"127.0.0.1:{self.port}",
                                "routes": [{"match": {},
                                            "upstreams": [f"http://127.0.0.1:{origin_port}"]}]}]
+        if self.metrics_port:
+            cfg["metrics"] = {"listen": f"127.0.0.1:{self.metrics_port}"}
         (self.dir / "qpx.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
     def command(self) -> list[str]:

@@ -124,6 +124,17 @@ def render(res: dict) -> str:
         two = next((r for r in rows if r.get("workers") == 2 and r.get("acceptors") == 1
                     and "rps" in r), None)
         target("2 workers vs 1 worker (≥ 1.3×)", _ratio(two, one, "rps"), 1.3)
+    if "spread" in sec:
+        out += ["## SO_REUSEPORT spread: new connections over 2 workers", "",
+                "wrk with `Connection: close` (every request a new connection), nothing "
+                "pinned; `qpx_connections_accepted_total` per worker and per socket.", "",
+                "| acceptors per worker | req/s | per worker | per socket |", "|---|---|---|---|"]
+        for r in sec["spread"]:
+            if "per_worker" in r:
+                pw = ", ".join(f"w{k}: {v:,}" for k, v in sorted(r["per_worker"].items()))
+                ps = ", ".join(f"{k}: {v:,}" for k, v in sorted(r["per_socket"].items()))
+                out.append(f"| {r['acceptors']} | {_f(r['rps'])} | {pw} | {ps} |")
+        out.append("")
     if "rules" in sec:
         rows = [r for r in sec["rules"] if "rps" in r]
         out += ["## Rule count (forward, same workload)", "", "| rules | req/s |", "|---|---|"]

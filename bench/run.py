@@ -29,7 +29,8 @@ from peers import (ROOT, HaproxyReverse, NginxOrigin, NginxReverse, ProxyPy, Qpx
                    Squid, Tinyproxy, cpu_seconds, free_port, rss_kb)
 
 LOAD_CPU, PROXY_CPU = 1, 0
-SECTIONS = ("forward", "browser", "connect", "get1m", "reverse", "scaling", "rules", "memory")
+SECTIONS = ("forward", "browser", "connect", "get1m", "reverse", "scaling", "spread", "rules",
+            "memory")
 
 
 def units(text: str) -> float:
@@ -206,6 +207,25 @@ class Bench:
                 row["p99_ms"] = summarize(row["runs"], "p99_ms")
         return rows
 
+    def section_spread(self) -> list[dict]:
+        """New connections (Connection: close) over 2 workers with 1 and 4 acceptor
+        sockets each: how evenly SO_REUSEPORT spreads them (accepted-connection metrics
+        per worker and per socket)."""
+        env = {"ORIGIN": f"127.0.0.1:{self.origin.port}", "OBJ": "/100b"}
+        rows = []
+        for acceptors in (1, 4):
+            peer = Qpxd(self.work, None, workers=2, acceptors=acceptors, metrics=True,
+                        label=f"qpxd 2w x {acceptors}a")
+
+            def measure(p):
+                r = wrk(f"http://127.0.0.1:{p.port}/", min(self.args.seconds, 3), script=True,
+                        env={**env, "CLOSE": "1"}, cpu=None)
+                time.sleep(1.0)
+                per_worker, per_socket = accepted(p.metrics_port)
+                return {"rps": r["rps"], "per_worker": per_worker, "per_socket": per_socket}
+            rows.append(self.run_peer(peer, measure, acceptors=acceptors))
+        return rows
+
     def section_rules(self) -> list[dict]:
         secs = self.args.seconds
         env = {"ORIGIN": f"127.0.0.1:{self.origin.port}", "OBJ": "/100b"}
@@ -250,6 +270,7 @@ class Bench:
                     ("get1m", lambda: self.section_bulk("get")),
                     ("reverse", self.section_reverse),
                     ("scaling", self.section_scaling),
+                    ("spread", self.section_spread),
                     ("rules", self.section_rules),
                     ("memory", self.section_memory)]
             for name, fn in plan:
@@ -262,6 +283,23 @@ class Bench:
             self.origin.stop()
             shutil.rmtree(self.work, ignore_errors=True)
         return self.results
+
+
+def accepted(metrics_port: int) -> tuple[dict, dict]:
+    """qpx_connections_accepted_total for the forward listener, by worker and socket."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
+    per_worker: dict = {}
+    per_socket: dict = {}
+    for line in text.splitlines():
+        m = re.match(r'qpx_connections_accepted_total\{acceptor="(\d+)",listener="fwd",'
+                     r'worker="(\d+)"\} ([\d.e+]+)', line)
+        if m:
+            n = int(float(m.group(3)))
+            per_worker[m.group(2)] = per_worker.get(m.group(2), 0) + n
+            per_socket[f"w{m.group(2)}/a{m.group(1)}"] = n
+    return per_worker, per_socket
 
 
 def blocklist(n: int) -> list[dict]:

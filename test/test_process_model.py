@@ -298,3 +298,29 @@ def test_sd_notify_ready_reloading_stopping(qpxd, tmp_path):
     assert "STOPPING=1" in msgs[3]
     assert d.proc.wait(10) == 0
     sock.close()
+
+
+def test_workers_are_pinned_to_the_cpu_list(qpxd):
+    cpus = sorted(os.sched_getaffinity(0))
+    port = free_port()
+    cfg = cfg_with(port, workers=len(cpus) + 1)
+    cfg["runtime"]["cpu_affinity"] = ",".join(str(c) for c in cpus)
+    d = qpxd(cfg)
+    pinned = {}
+    for pid in d.workers():
+        index = int(open(f"/proc/{pid}/cmdline").read().split()[2])
+        pinned[index] = os.sched_getaffinity(pid)
+    assert pinned == {k: {cpus[k % len(cpus)]} for k in range(len(cpus) + 1)}
+    assert d.log().count("worker pinned") == len(cpus) + 1
+
+
+def test_cpu_affinity_auto_uses_the_nic_numa_node(qpxd):
+    from qpx.affinity import numa_local_cpus
+
+    iface = next((n for n in os.listdir("/sys/class/net") if n != "lo"), "lo")
+    expected = numa_local_cpus(iface)
+    port = free_port()
+    cfg = cfg_with(port, workers=1)
+    cfg["runtime"].update(cpu_affinity="auto", cpu_affinity_iface=iface)
+    d = qpxd(cfg)
+    assert os.sched_getaffinity(d.workers()[0]) == {expected[0]}

@@ -5,6 +5,9 @@ local obj = os.getenv("OBJ") or "/100b"
 wrk.method = "GET"
 wrk.path = "http://" .. origin .. obj
 wrk.headers["Host"] = origin
+if os.getenv("CLOSE") == "1" then
+  wrk.headers["Connection"] = "close"
+end
 if os.getenv("BROWSER") == "1" then
   wrk.headers["User-Agent"] = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
   wrk.headers["Accept"] = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"

@@ -52,14 +52,16 @@ _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "ftp": 21}
 
 def te_error(value: bytes) -> HttpError | None:
     """None when ``value`` is exactly ``chunked``; else the refusal RFC 9112 §6.1/§6.3
-    asks for: 400 when chunked is there but not last (or the list is malformed), 501 for
-    any other coding (qpxd decodes no coding but chunked)."""
+    asks for: 400 when the list is malformed or chunked is not (only once and) last —
+    the framing is then unknowable — and 501 for a well-framed message that uses another
+    coding (qpxd decodes no coding but chunked)."""
     codings = [c.strip().lower() for c in value.split(b",")]
     if codings == [b"chunked"]:
         return None
-    if b"chunked" in codings or not all(codings):
-        return HttpError(400, "Transfer-Encoding: chunked is not the only and last coding",
-                         "bad_request")
+    if not all(codings) or codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
+        if b"chunked" in codings or not all(codings):
+            return HttpError(400, "Transfer-Encoding: chunked is not the only and last "
+                                  "coding", "bad_request")
     return HttpError(501, "unsupported transfer coding", "not_implemented")
 
 

@@ -15,13 +15,16 @@ at +20-33 % request rate over gevent's socket wrappers, and a per-operation
 
 Sizes: ``RECV_SIZE`` bounds one read of heads and small bodies; bulk copies (tunnels,
 large bodies) borrow big buffers from :class:`BufferPool` only while they hold data, so
-idle connections cost no buffer memory.
+idle connections cost no buffer memory, and the pool caps how many big ones are out.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import socket
+import sys
+import termios
 import time
 from typing import Iterable
 
@@ -44,8 +47,8 @@ class Drain(Exception):
 class Conn:
     """A non-blocking socket with its own watchers and an absolute deadline (0 = none)."""
 
-    __slots__ = ("sock", "fd", "_rw", "_ww", "_wait", "waiting", "deadline", "closed",
-                 "_registry", "parser", "__weakref__")
+    __slots__ = ("sock", "fd", "_rw", "_ww", "_wait", "waiting", "wwaiting", "deadline",
+                 "closed", "_registry", "parser", "__weakref__")
 
     def __init__(self, sock: socket.socket, registry: "Sweeper | None" = None):
         sock.setblocking(False)
@@ -56,7 +59,11 @@ class Conn:
         self._rw = loop.io(fd, 1)
         self._ww = loop.io(fd, 2)
         self._wait = hub.wait
-        self.waiting = None
+        # A tunnel has one greenlet reading a connection while another writes to it, so
+        # the read and the write waiter are kept apart: the sweeper and interrupt()
+        # must reach both.
+        self.waiting = None  # the read watcher while a greenlet waits on it
+        self.wwaiting = None  # the write watcher while a greenlet waits on it
         self.deadline = 0.0
         self.closed = False
         self.parser = None  # an upstream's response parser, kept while it is in sync
@@ -67,6 +74,7 @@ class Conn:
     # ------------------------------------------------------------------ waiting
 
     def _block(self, watcher) -> None:
+        """Wait for the read watcher (the only watcher the hot paths wait on)."""
         deadline = self.deadline
         if deadline and monotonic() >= deadline:
             raise DeadlineExceeded()
@@ -80,7 +88,15 @@ class Conn:
         self._block(self._rw)
 
     def wait_writable(self) -> None:
-        self._block(self._ww)
+        deadline = self.deadline
+        if deadline and monotonic() >= deadline:
+            raise DeadlineExceeded()
+        watcher = self._ww
+        self.wwaiting = watcher
+        try:
+            self._wait(watcher)
+        finally:
+            self.wwaiting = None
 
     # ------------------------------------------------------------------ reading
 
@@ -128,6 +144,14 @@ class Conn:
         except BlockingIOError:
             return None
 
+    def pending(self) -> int:
+        """Bytes readable right now (FIONREAD); -1 if the socket is gone."""
+        try:
+            return int.from_bytes(fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0"),
+                                  sys.byteorder)
+        except OSError:
+            return -1
+
     def peek_alive(self) -> bool:
         """True when an idle connection is still open and has nothing pending (a pooled
         upstream connection the peer has closed reads as EOF here)."""
@@ -161,7 +185,7 @@ class Conn:
             except BlockingIOError:
                 if timeout:
                     self.deadline = monotonic() + timeout
-                self._block(self._ww)
+                self.wait_writable()
 
     def shutdown_write(self) -> None:
         try:
@@ -194,12 +218,16 @@ class Conn:
         self.close()
 
     def interrupt(self, error: BaseException) -> bool:
-        """Throw ``error`` into the greenlet waiting on this connection, if any."""
-        watcher = self.waiting
-        if watcher is None:
-            return False
-        get_hub().cancel_wait(watcher, error)
-        return True
+        """Throw ``error`` into every greenlet waiting on this connection (a reader,
+        a writer, or both in a tunnel).  True when there was one."""
+        woke = False
+        hub = None
+        for watcher in (self.waiting, self.wwaiting):
+            if watcher is not None:
+                hub = hub or get_hub()
+                hub.cancel_wait(watcher, error)
+                woke = True
+        return woke
 
 
 class Sweeper:
@@ -223,7 +251,7 @@ class Sweeper:
         woken = 0
         for conn in list(self.conns):
             d = conn.deadline
-            if d and now >= d and conn.waiting is not None:
+            if d and now >= d and (conn.waiting is not None or conn.wwaiting is not None):
                 conn.interrupt(DeadlineExceeded())
                 woken += 1
         return woken
@@ -237,19 +265,38 @@ class Sweeper:
 
 
 class BufferPool:
-    """Large relay buffers, lent only while a copy holds data (idle tunnels hold none)."""
+    """Relay buffers, lent only while a copy holds data (idle transfers hold none).
 
-    def __init__(self, size: int = BULK_SIZE, keep: int = 8):
+    Big buffers (1 MiB) make bulk copies fast, but a buffer stays lent while its data
+    waits on a slow reader, so a thousand slow downloads would pin a gigabyte.  At most
+    ``max_big`` big buffers are out at once; past that, borrowers get a small one
+    (64 KiB: still a full socket buffer's worth per system call).  Memory held by
+    transfers is therefore bounded by ``max_big`` MiB plus 64 KiB per blocked transfer.
+    """
+
+    def __init__(self, size: int = BULK_SIZE, keep: int = 8, max_big: int = 32,
+                 small: int = RECV_SIZE):
         self.size = size
+        self.small = small
         self.keep = keep
+        self.max_big = max_big
+        self.big_out = 0
         self._free: list[bytearray] = []
+        self._free_small: list[bytearray] = []
 
     def get(self) -> bytearray:
-        return self._free.pop() if self._free else bytearray(self.size)
+        if self.big_out < self.max_big:
+            self.big_out += 1
+            return self._free.pop() if self._free else bytearray(self.size)
+        return self._free_small.pop() if self._free_small else bytearray(self.small)
 
     def put(self, buf: bytearray) -> None:
-        if len(self._free) < self.keep:
-            self._free.append(buf)
+        if len(buf) == self.size:
+            self.big_out -= 1
+            if len(self._free) < self.keep:
+                self._free.append(buf)
+        elif len(self._free_small) < self.keep:
+            self._free_small.append(buf)
 
 
 def tune_stream_socket(sock: socket.socket) -> None:

@@ -38,17 +38,24 @@ class _Shared:
 
 
 def _pump(shared: _Shared, src: Conn, dst: Conn, pool: BufferPool, slot: int) -> None:
+    recv_into = src.sock.recv_into
     while True:
-        src.wait_readable()
         buf = pool.get()
         try:
-            n = src.recv_into(buf)
-            if not n:
-                dst.shutdown_write()
-                return
-            dst.sendall(memoryview(buf)[:n])
+            try:
+                n = recv_into(buf)
+            except BlockingIOError:
+                n = -1
+            if n > 0:
+                dst.sendall(memoryview(buf)[:n])
         finally:
-            pool.put(buf)
+            pool.put(buf)  # an idle direction holds no buffer while it waits
+        if n < 0:
+            src.wait_readable()
+            continue
+        if n == 0:
+            dst.shutdown_write()
+            return
         shared.sent[slot] += n
         shared.touch()
 

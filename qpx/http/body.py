@@ -6,18 +6,23 @@ connection closing) — and written with the framing qpxd chose for the next hop
 ``length`` (same byte count), ``chunked`` (re-encoded, one chunk per piece, trailers
 dropped) or ``raw`` (bytes as they come, for a close-delimited response).  Nothing is
 buffered whole: pieces go out as they arrive, through a buffer borrowed from the worker's
-pool for the length of the transfer.
+pool for one read and its write (a transfer waiting on its sender holds no buffer).
 
 Timeouts: each read must make progress within ``idle`` seconds (a body that stalls is a
 pause-based desync risk: the message is incomplete and both connections are closed,
 RFC 9112 §6.3); each write within ``send_timeout`` (a client that stops reading).
+Failures say which side failed (:class:`SourceError` / :class:`SinkError`), so a client
+that drops mid-upload is not blamed on the upstream, nor the reverse.
 """
 
 from __future__ import annotations
 
-from ..netio import BufferPool, Conn
+import time
+
+from ..netio import BufferPool, Conn, DeadlineExceeded
 from .chunked import LAST_CHUNK, ChunkedDecoder, ChunkError
 
+monotonic = time.monotonic
 
 
 class BodyFramingError(Exception):
@@ -28,13 +33,83 @@ class EarlyEOF(Exception):
     """The peer closed before the declared end of the body."""
 
 
+class SourceError(Exception):
+    """Reading the body failed: the sending peer reset or stalled past ``idle``.
+    ``timeout`` tells which."""
+
+    def __init__(self, reason: str, timeout: bool):
+        super().__init__(reason)
+        self.timeout = timeout
+
+
+class SinkError(Exception):
+    """Writing the body failed: the receiving peer reset or stopped reading for
+    ``send_timeout``.  ``timeout`` tells which."""
+
+    def __init__(self, reason: str, timeout: bool):
+        super().__init__(reason)
+        self.timeout = timeout
+
+
 def _write(dst: Conn | None, data, send_timeout: float, chunked: bool) -> None:
     if dst is None or not len(data):
         return
-    if chunked:
-        dst.sendall(b"%x\r\n" % len(data) + bytes(data) + b"\r\n", send_timeout)
-    else:
-        dst.sendall(data, send_timeout)
+    try:
+        if chunked:
+            dst.sendall(b"%x\r\n" % len(data) + bytes(data) + b"\r\n", send_timeout)
+        else:
+            dst.sendall(data, send_timeout)
+    except DeadlineExceeded:
+        raise SinkError("the receiver stopped reading", True) from None
+    except OSError as e:
+        raise SinkError(f"writing: {e.strerror or e}", False) from None
+
+
+def _wait(src: Conn, idle: float) -> None:
+    src.deadline = monotonic() + idle
+    try:
+        src.wait_readable()
+    except DeadlineExceeded:
+        raise SourceError(f"no body byte for {idle:g}s", True) from None
+
+
+def _copy(src: Conn, dst: Conn | None, remaining: int, chunked_out: bool, idle: float,
+          send_timeout: float, pool: BufferPool) -> int:
+    """Copy ``remaining`` bytes (-1: until EOF) from ``src`` to ``dst``.  A buffer is
+    borrowed per read, so a transfer waiting on its sender holds none."""
+    recv_into = src.sock.recv_into
+    total = 0
+    while remaining:
+        buf = pool.get()
+        try:
+            size = remaining if 0 < remaining < len(buf) else 0
+            try:
+                n = recv_into(buf, size)
+            except BlockingIOError:
+                n = -1
+            except OSError as e:
+                raise SourceError(f"reading: {e.strerror or e}", False) from None
+            if n > 0:
+                with memoryview(buf) as view:
+                    _write(dst, view[:n], send_timeout, chunked_out)
+        finally:
+            pool.put(buf)
+        if n < 0:
+            _wait(src, idle)
+            continue
+        if n == 0:
+            if remaining > 0:
+                raise EarlyEOF(f"peer closed with {remaining} body bytes missing")
+            return total
+        total += n
+        if remaining > 0:
+            remaining -= n
+    return total
+
+
+def _end(dst: Conn | None, chunked_out: bool, send_timeout: float) -> None:
+    if chunked_out and dst is not None:
+        _write(dst, LAST_CHUNK, send_timeout, False)
 
 
 def relay_body(src: Conn, dst: Conn | None, initial: bytes, kind: str, length: int,
@@ -43,40 +118,26 @@ def relay_body(src: Conn, dst: Conn | None, initial: bytes, kind: str, length: i
                decoder: ChunkedDecoder | None = None) -> tuple[bytes, int]:
     """Copy one body from ``src`` to ``dst`` (``None`` discards it).  ``initial`` holds
     bytes already read after the head.  Returns (bytes read past the body, body size).
-    Raises :class:`BodyFramingError`, :class:`EarlyEOF`, ``OSError`` or
-    ``DeadlineExceeded``."""
+    Raises :class:`BodyFramingError` or :class:`EarlyEOF` (the sender broke the
+    framing), :class:`SourceError` (the sender failed) or :class:`SinkError` (the
+    receiver failed)."""
     chunked_out = out == "chunked"
-    total = 0
     if kind == "length":
         head = initial[:length]
         rest = initial[length:]
         _write(dst, head, send_timeout, chunked_out)
         total = len(head)
-        remaining = length - total
-        if remaining:
-            buf = pool.get()
-            view = memoryview(buf)
-            try:
-                while remaining:
-                    n = src.recv_into(buf, min(remaining, len(buf)), idle)
-                    if not n:
-                        raise EarlyEOF(f"peer closed with {remaining} body bytes missing")
-                    _write(dst, view[:n], send_timeout, chunked_out)
-                    remaining -= n
-                    total += n
-            finally:
-                view.release()
-                pool.put(buf)
-        if chunked_out and dst is not None:
-            dst.sendall(LAST_CHUNK, send_timeout)
+        if length - total:
+            total += _copy(src, dst, length - total, chunked_out, idle, send_timeout, pool)
+        _end(dst, chunked_out, send_timeout)
         return rest, total
 
     if kind == "chunked":
+        total = 0
         if decoder is None:
             decoder = ChunkedDecoder(max_trailer)
         elif decoder.done:
-            if chunked_out and dst is not None:
-                dst.sendall(LAST_CHUNK, send_timeout)
+            _end(dst, chunked_out, send_timeout)
             return decoder.rest, 0
         data = initial
         while True:
@@ -89,30 +150,21 @@ def relay_body(src: Conn, dst: Conn | None, initial: bytes, kind: str, length: i
                     _write(dst, piece, send_timeout, chunked_out)
                     total += len(piece)
                 if decoder.done:
-                    if chunked_out and dst is not None:
-                        dst.sendall(LAST_CHUNK, send_timeout)
+                    _end(dst, chunked_out, send_timeout)
                     return decoder.rest, total
-            data = src.recv(timeout=idle)
+            try:
+                data = src.recv(timeout=idle)
+            except DeadlineExceeded:
+                raise SourceError(f"no body byte for {idle:g}s", True) from None
+            except OSError as e:
+                raise SourceError(f"reading: {e.strerror or e}", False) from None
             if not data:
                 raise EarlyEOF("peer closed inside a chunked body")
 
     if kind == "eof":
         _write(dst, initial, send_timeout, chunked_out)
-        total = len(initial)
-        buf = pool.get()
-        view = memoryview(buf)
-        try:
-            while True:
-                n = src.recv_into(buf, 0, idle)
-                if not n:
-                    break
-                _write(dst, view[:n], send_timeout, chunked_out)
-                total += n
-        finally:
-            view.release()
-            pool.put(buf)
-        if chunked_out and dst is not None:
-            dst.sendall(LAST_CHUNK, send_timeout)
+        total = len(initial) + _copy(src, dst, -1, chunked_out, idle, send_timeout, pool)
+        _end(dst, chunked_out, send_timeout)
         return b"", total
 
     return initial, 0  # "none"

@@ -96,7 +96,8 @@ class Resolver:
             with gevent.Timeout(timeout, DeadlineExceeded()):
                 infos = gevent.get_hub().resolver.getaddrinfo(
                     host, port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        except socket.gaierror:
+        except (socket.gaierror, UnicodeError, ValueError):
+            # UnicodeError: the IDNA codec refuses the name (a label over 63 octets)
             self._store(key, now + self.negative_ttl, None)
             raise ResolveError(f"cannot resolve {host}") from None
         addrs = [(family, sockaddr) for family, _, _, _, sockaddr in infos]
@@ -125,10 +126,13 @@ class ConnectionPool:
         limit = now - self.idle_timeout
         while stack:
             since, conn = stack.pop()
-            # A connection used within the last second is lent without the MSG_PEEK
-            # syscall; if the peer closed it anyway, the exchange retries once on a
-            # fresh connection (nothing was received: safe to replay).
-            if since >= limit and (now - since < 1.0 or conn.peek_alive()):
+            # Bytes waiting on an idle connection mean the peer is out of step with us
+            # (qpxd-R16): never lend it.  FIONREAD says so without an exception.  A
+            # connection used within the last second skips the MSG_PEEK that detects
+            # EOF; if the peer closed it anyway, the exchange retries once on a fresh
+            # connection (nothing was received: safe to replay).
+            if since >= limit and not conn.pending() and (now - since < 1.0
+                                                          or conn.peek_alive()):
                 return conn
             conn.close()
         return None

@@ -7,6 +7,7 @@ an upstream.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import ssl
 import subprocess
@@ -233,6 +234,33 @@ class Origin(_Server):
                       status, len(payload), self.name.encode(), extra) + payload
         conn.sendall(out)
         return not close
+
+
+class Scripted(_Server):
+    """An origin whose every connection runs ``script(conn, n, server)``: ``n`` counts
+    connections from 0.  For upstream misbehaviour no well-behaved server shows (stray
+    bytes on an idle connection, a response cut short, a flood)."""
+
+    def __init__(self, script, host: str = "127.0.0.1"):
+        self.script = script
+        self.requests: list[tuple[bytes, bytes]] = []
+        self._numbers = itertools.count()
+        super().__init__(host)
+
+    def read_request(self, conn: socket.socket, buf: bytes = b""):
+        msg = read_http_message(conn, buf, self.record)
+        if msg is not None:
+            with self.lock:
+                self.requests.append((msg[0], msg[1]))
+        return msg
+
+    def _serve(self, conn: socket.socket, peer) -> None:
+        try:
+            self.script(conn, next(self._numbers), self)
+        except OSError:
+            pass
+        finally:
+            conn.close()
 
 
 class Echo(_Server):

@@ -202,3 +202,61 @@ def test_header_control_order_and_regex():
                                           ("$$", "$"), ("a\\b", "a\\\\b")])
 def test_rust_replacement_templates(rust, python):
     assert rust_template(rust) == python
+
+
+@pytest.mark.parametrize("target,expected", [
+    ("/", "/"),
+    ("/a/b?c=d", "/a/b?c=d"),
+    ("/.well-known/x", "/.well-known/x"),
+    ("/%61dmin", "/admin"),  # unreserved escapes decoded (RFC 3986 §6.2.2.2)
+    ("/%7euser/%2fx", "/~user/%2Fx"),  # reserved ones kept, hex upper-cased
+    ("/./admin", "/admin"),  # dot-segments (§5.2.4)
+    ("/a/b/../c", "/a/c"),
+    ("/a/../../b", "/b"),  # never above the root
+    ("/a/b/..", "/a/"),
+    ("/a/.", "/a/"),
+    ("/a/%2e%2e/b", "/b"),  # an escaped dot-segment is a dot-segment
+    ("//a///b", "/a/b"),  # merged slashes (nginx merge_slashes)
+    ("/x?q=/./y//z", "/x?q=/./y//z"),  # the query is left alone
+])
+def test_normalize_path(target, expected):
+    from qpx.http.request import normalize_path
+
+    assert normalize_path(target) == expected
+
+
+@given(st.lists(st.sampled_from(["a", "b", ".", "..", "", "%2e", "%41", "%2F"]), max_size=8))
+def test_normalize_path_is_idempotent_and_rooted(segments):
+    from qpx.http.request import normalize_path
+
+    once = normalize_path("/" + "/".join(segments))
+    assert once.startswith("/") and normalize_path(once) == once
+    assert "/./" not in once and "/../" not in once and "//" not in once
+
+
+def test_parsed_targets_are_normalized_for_both_forms():
+    req, _ = parse(b"GET http://h.test/a/./%62//c HTTP/1.1\r\nHost: h.test\r\n\r\n")
+    assert req.path == "/a/b/c"
+    req, _ = parse(b"GET /a/../b HTTP/1.1\r\nHost: h.test\r\n\r\n")
+    assert req.path == "/b"
+
+
+def test_h2c_upgrade_is_not_an_upgrade():
+    req, _ = parse(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+    assert req.upgrade is None
+    req, _ = parse(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\n"
+                   b"Upgrade: websocket\r\n\r\n")
+    assert req.upgrade == b"websocket"
+
+
+def test_buffer_pool_caps_big_buffers_in_flight():
+    from qpx.netio import BufferPool
+
+    pool = BufferPool(size=1 << 20, max_big=2, small=1 << 16)
+    lent = [pool.get() for _ in range(4)]
+    assert [len(b) for b in lent] == [1 << 20, 1 << 20, 1 << 16, 1 << 16]
+    pool.put(lent[0])
+    assert len(pool.get()) == 1 << 20  # a big one is free again
+    for b in lent[1:]:
+        pool.put(b)
+    assert pool.big_out == 1

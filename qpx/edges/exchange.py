@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import time
 
-from ..http.body import BodyFramingError, EarlyEOF, encode_chunks, relay_body
+from ..http.body import (BodyFramingError, EarlyEOF, SinkError, SourceError, encode_chunks,
+                         relay_body)
 from ..http.chunked import ChunkedDecoder, ChunkError
 from ..http.errors import HttpError, UpstreamError
 from ..http.headers import Triples, http_date, strip_set
@@ -39,7 +40,9 @@ class Target:
 
     def __init__(self, host: str, port: int, via_proxy: bool, guard: bool):
         self.host, self.port = host, port
-        self.key = ("proxy", host, port) if via_proxy else (host, port)
+        # The guard is part of the key: a connection dialed for a listener that allows
+        # local destinations must never be lent to one that refuses them.
+        self.key = ("proxy", host, port) if via_proxy else (host, port, guard)
         self.guard = guard  # refuse local destinations (SSRF guard)
         self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -85,13 +88,19 @@ def _read_response(up: Conn, deadline: float, max_head: int
                    ) -> tuple[Response, bytes, ResponseHeadParser]:
     """The next final (or 101) response head, the bytes read after it and the parser
     (reusable for the next response once it has seen this body); 1xx informational
-    heads are skipped."""
+    heads are skipped.  Failures raise UpstreamError; ``stale`` marks the one case a
+    replay is safe: the connection closed or reset before a single response byte."""
     data = b""
     parser = up.parser
     up.parser = None
+    got = False  # any response byte at all (an informational head counts)
     while True:
         parser = parser.reset() if parser is not None else ResponseHeadParser(max_head)
-        resp = parser.feed(data) if data else None
+        try:
+            resp = parser.feed(data) if data else None
+        except UpstreamError as e:
+            e.before_response = False  # a malformed response: never replayed
+            raise
         up.deadline = deadline
         first = True
         while resp is None:
@@ -100,14 +109,19 @@ def _read_response(up: Conn, deadline: float, max_head: int
                 first = False
             except DeadlineExceeded:
                 raise UpstreamError(504, "upstream response timed out",
-                                    before_response=not parser.buf) from None
+                                    before_response=not got) from None
             except OSError as e:
                 raise UpstreamError(502, f"upstream connection failed: {e.strerror or e}",
-                                    before_response=not parser.buf) from None
+                                    before_response=not got, stale=not got) from None
             if not chunk:
                 raise UpstreamError(502, "upstream closed the connection",
-                                    before_response=not parser.buf)
-            resp = parser.feed(chunk)
+                                    before_response=not got, stale=not got)
+            got = True
+            try:
+                resp = parser.feed(chunk)
+            except UpstreamError as e:
+                e.before_response = False
+                raise
         up.deadline = 0.0
         if 100 <= resp.status < 200 and resp.status != 101:
             data = parser.rest
@@ -172,58 +186,67 @@ def exchange(session: ClientSession, req: Request, target: Target, head: bytes,
 
 def _send(session: ClientSession, req: Request, target: Target, out: _Prepared,
           deadline: float, upgrade: bool) -> tuple[Conn, Response, bytes, int, object]:
-    """Write the request and read the response head.  A pooled connection that fails
-    before any response byte is replaced by a fresh one once, when the request can be
-    replayed from memory.  Returns (connection, response, bytes after its head, body
-    bytes sent)."""
+    """Write the request and read the response head.  A pooled connection found closed
+    (EOF or reset before any response byte) is replaced by a fresh one once, when the
+    whole request is still in memory.  Returns (connection, response, bytes after its
+    head, body bytes sent, parser).  The upstream connection is closed on every failure."""
     services = session.services
-    client = session.conn
     conn = None if upgrade else services.pool.get(target.key)
     reused = conn is not None
     while True:
         if conn is None:
             conn = dial(session, target, deadline)
         try:
-            conn.sendall(out.data, services.send_timeout)
-        except (OSError, DeadlineExceeded) as e:
-            conn.close()
-            conn = None
-            if reused:
-                reused = False
-                continue
-            raise UpstreamError(502, f"sending to upstream: {e}") from None
-        session.buf = out.rest
-        sent = out.body_bytes
-        if out.pending:
-            if req.expect_continue:
-                client.sendall(CONTINUE)
-            try:
-                session.buf, n = relay_body(
-                    client, conn, session.buf, "chunked" if req.chunked else "length",
-                    req.content_length or 0, "chunked" if req.chunked else "length",
-                    idle=services.body_timeout, send_timeout=services.send_timeout,
-                    pool=services.buffers, max_trailer=services.limits.max_head,
-                    decoder=out.decoder)
-                sent += n
-            except BodyFramingError as e:
-                conn.abort()
-                raise HttpError(400, f"bad request body: {e}", "bad_request") from None
-            except (EarlyEOF, DeadlineExceeded) as e:
-                conn.abort()
-                raise ClientGone(f"request body incomplete: {e}") from None
-            except OSError as e:
-                conn.abort()
-                raise UpstreamError(502, f"sending the body upstream: {e}") from None
-        try:
-            resp, rest, parser = _read_response(conn, deadline, services.limits.max_head * 2)
+            return _send_on(session, req, conn, out, deadline)
         except UpstreamError as e:
             conn.abort()
             conn = None
-            if reused and e.before_response and not out.pending:
+            if reused and e.stale and not out.pending:
                 reused = False
                 continue
             raise
-        return conn, resp, rest, sent, parser
+        except BaseException:
+            conn.abort()
+            raise
+
+
+def _send_on(session: ClientSession, req: Request, conn: Conn, out: _Prepared,
+             deadline: float) -> tuple[Conn, Response, bytes, int, object]:
+    services = session.services
+    try:
+        conn.sendall(out.data, services.send_timeout)
+    except DeadlineExceeded:
+        raise UpstreamError(504, "sending to upstream timed out") from None
+    except OSError as e:
+        # Nothing of a response yet: a pooled connection the peer had closed (EPIPE,
+        # ECONNRESET) is stale; whatever it did with the bytes, it answered nothing.
+        raise UpstreamError(502, f"sending to upstream: {e.strerror or e}",
+                            stale=True) from None
+    session.buf = out.rest
+    sent = out.body_bytes
+    if out.pending:
+        if req.expect_continue:
+            try:
+                session.conn.sendall(CONTINUE, services.send_timeout)
+            except (OSError, DeadlineExceeded) as e:
+                raise ClientGone(f"sending 100 Continue: {e}") from None
+        try:
+            session.buf, n = relay_body(
+                session.conn, conn, session.buf, "chunked" if req.chunked else "length",
+                req.content_length or 0, "chunked" if req.chunked else "length",
+                idle=services.body_timeout, send_timeout=services.send_timeout,
+                pool=services.buffers, max_trailer=services.limits.max_head,
+                decoder=out.decoder)
+            sent += n
+        except BodyFramingError as e:
+            raise HttpError(400, f"bad request body: {e}", "bad_request") from None
+        except (EarlyEOF, SourceError) as e:
+            raise ClientGone(f"request body incomplete: {e}") from None
+        except SinkError as e:
+            raise UpstreamError(504 if e.timeout else 502,
+                                f"sending the body upstream: {e}") from None
+    resp, rest, parser = _read_response(conn, deadline, services.limits.max_head * 2)
+    return conn, resp, rest, sent, parser
 
 
 def _exchange(session: ClientSession, req: Request, target: Target, head: bytes,
@@ -312,12 +335,14 @@ def _exchange(session: ClientSession, req: Request, target: Target, head: bytes,
                 send_timeout=services.send_timeout, pool=services.buffers,
                 max_trailer=services.limits.max_head)
             result.bytes_out += n
-    except (BodyFramingError, EarlyEOF) as e:
+    except (BodyFramingError, EarlyEOF, SourceError) as e:
+        # The upstream broke the body: the client must not take a truncated message
+        # for a complete one, so its connection is reset, not closed.
         conn.abort()
         session.closing = True
         client.abort()
         raise ClientGone(f"upstream response body broken: {e}") from None
-    except (OSError, DeadlineExceeded) as e:
+    except (SinkError, OSError, DeadlineExceeded) as e:
         conn.abort()
         session.closing = True
         raise ClientGone(f"relaying the response: {e}") from None

@@ -125,7 +125,10 @@ class ReverseEdge(HttpEdge):
         headers = None
         if route.headers is not None and route.headers.request is not None:
             headers = route.headers.request.apply(req.headers)
-        client_host = req.get(b"host") or authority(req.host or "", req.port)
+        # RFC 9112 §3.2.2: for an absolute-form target the authority in the URI is the
+        # host, whatever Host says (routing already used it).
+        client_host = authority(req.host, req.port) if req.form == "absolute" else \
+            (req.get(b"host") or authority(req.host or "", req.port))
         xff = b", ".join(([] if req.plain else req.values(b"x-forwarded-for"))
                          + [session.client.ip.encode()])
         extra_common = [b"X-Forwarded-For: " + xff + b"\r\n",

@@ -240,7 +240,8 @@ class TransparentEdge(HttpEdge):
         headers = None
         if decision.headers is not None and decision.headers.request is not None:
             headers = decision.headers.request.apply(req.headers)
-        host_hdr = req.get(b"host") or authority(host, port)
+        host_hdr = authority(req.host, req.port) if req.form == "absolute" else \
+            (req.get(b"host") or authority(host, port))
         path = (req.path or "/").encode("ascii")
         if action.via is not None:
             first = b"%s http://%s%s HTTP/1.1\r\n" % (req.method.encode(),

@@ -32,13 +32,16 @@ class UpstreamError(Exception):
     """The upstream leg failed: ``status`` is 502 (refused, reset, bad framing) or 504
     (timeout); ``before_response`` tells whether no byte of a response had arrived and
     ``sent`` whether any byte of the request may have reached the upstream (False for a
-    failed connect: safe to retry anywhere)."""
+    failed connect: safe to retry anywhere); ``stale`` that a reused keep-alive
+    connection turned out closed (EOF or reset before any response byte: a replay on a
+    fresh connection is safe)."""
 
     def __init__(self, status: int, reason: str, before_response: bool = True,
-                 upstream: str | None = None, sent: bool = True):
+                 upstream: str | None = None, sent: bool = True, stale: bool = False):
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.before_response = before_response
         self.upstream = upstream
         self.sent = sent
+        self.stale = stale

@@ -105,12 +105,63 @@ def _parse_host(value: bytes) -> tuple[str, int | None]:
             host = host[:-1]
         if not host or ".." in host or host.startswith("."):
             raise ValueError("invalid host")
+        # RFC 1035 §2.3.4: labels of at most 63 octets, names of at most 253 (the
+        # resolver would refuse longer ones with an encoding error, not a lookup miss).
+        if len(host) > 253 or any(len(label) > 63 for label in host.split(".")):
+            raise ValueError("host name too long")
     if port is not None:
         p = int(port)
         if p > 65535 or (len(port) > 1 and port[:1] == b"0"):
             raise ValueError("invalid port")
         return host, p
     return host, None
+
+
+_UNRESERVED_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _unescape(m: re.Match) -> str:
+    c = int(m.group(1), 16)
+    return chr(c) if c in _UNRESERVED else "%" + m.group(1).upper()
+
+
+def normalize_path(target: str) -> str:
+    """The path (and query) a rule matches and the upstream receives.
+
+    RFC 3986 §6.2.2: percent-encoded unreserved characters are decoded and other escapes
+    upper-cased (§6.2.2.1-2), dot-segments removed (§5.2.4), and — as nginx's
+    ``merge_slashes`` — runs of ``/`` merged.  Without this, ``/%61dmin``, ``/./admin``
+    and ``//admin`` would slip past a rule for ``/admin/*`` and still reach it upstream.
+    The query is left as sent.  Reserved escapes (``%2F``) stay escaped: decoding them
+    would change the path's structure.  Most paths need none of this and cost three
+    substring checks."""
+    q = target.find("?")
+    path, query = (target, "") if q < 0 else (target[:q], target[q:])
+    if "%" not in path and "/." not in path and "//" not in path:
+        return target
+    if "%" in path:
+        path = _UNRESERVED_ESCAPE.sub(_unescape, path)
+    if "//" in path:
+        while "//" in path:
+            path = path.replace("//", "/")
+    if "/." in path:
+        out: list[str] = []
+        segments = path.split("/")[1:]
+        for i, seg in enumerate(segments):
+            last = i == len(segments) - 1
+            if seg == ".":
+                if last:
+                    out.append("")
+            elif seg == "..":
+                if out:
+                    out.pop()
+                if last:
+                    out.append("")
+            else:
+                out.append(seg)
+        path = "/" + "/".join(out)
+    return path + query
 
 
 class Request:
@@ -395,7 +446,12 @@ class RequestHeadParser:
                 raise HttpError(400, "Connection nominates a framing header", "bad_request")
             req.conn_tokens = frozenset(tokens)
             if b"upgrade" in tokens:
-                req.upgrade = req.get(b"upgrade")
+                upgrade = req.get(b"upgrade")
+                # h2c upgrades turn the proxy into a blind tunnel for HTTP/2 requests no
+                # rule ever sees (h2c smuggling): the offer is dropped, the request
+                # served as plain HTTP/1.1 (RFC 9113 §3.1 deprecates h2c upgrades).
+                if upgrade is not None and b"h2c" not in upgrade.lower():
+                    req.upgrade = upgrade
             if not tokens <= _PLAIN_TOKENS:
                 req.plain = False
         req.keep_alive = (tokens is None or b"close" not in tokens) if req.version == 11 \
@@ -450,7 +506,7 @@ class RequestHeadParser:
             req.form, req.host, req.port = "authority", host, port
             return
         if target[:1] == "/":
-            req.path = target  # form "origin" is the default
+            req.path = normalize_path(target)  # form "origin" is the default
             return
         if target == "*":
             if method != "OPTIONS":
@@ -480,4 +536,4 @@ class RequestHeadParser:
             raise HttpError(400, "empty host in request target", "bad_request")
         req.form, req.scheme, req.host, req.port = "absolute", scheme, host, port
         tail = target[cut:]
-        req.path = tail if tail[:1] == "/" else "/" + tail
+        req.path = normalize_path(tail if tail[:1] == "/" else "/" + tail)

@@ -43,6 +43,7 @@ monotonic = time.monotonic
 READY_TIMEOUT = 30.0
 QUICK_DEATH = 1.0
 QUICK_DEATH_LIMIT = 5
+MAX_WORKERS = 256  # the schema's cap on worker_threads; the scoreboard fits a full roll
 SIGNALS = {
     signal.SIGHUP: "hup", signal.SIGTERM: "term", signal.SIGINT: "int",
     signal.SIGQUIT: "quit", signal.SIGUSR1: "usr1", signal.SIGTTIN: "ttin",
@@ -178,8 +179,14 @@ class Arbiter:
             signal.signal(sig, self._on_signal)
 
     def _on_signal(self, sig, frame) -> None:
-        if len(self.sig_queue) < 10:
-            self.sig_queue.append(sig)
+        # A burst of CHLDs collapses into one reap; a flood of HUP/TTIN is capped; a
+        # stop signal is never dropped.
+        queue = self.sig_queue
+        if sig == signal.SIGCHLD and sig in queue:
+            return
+        if len(queue) >= 32 and sig not in STOP_SIGNALS:
+            return
+        queue.append(sig)
 
     def _bind(self, cfg: Config, workers: int) -> None:
         rt = cfg.runtime
@@ -209,7 +216,11 @@ class Arbiter:
             cpu=cpus[index % len(cpus)] if cpus else None, own_addresses=own)
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            self.scoreboard.release(entry)
+            raise
         if pid == 0:  # the worker
             code = 1
             try:
@@ -249,7 +260,7 @@ class Arbiter:
     def _roll(self, cfg: Config, policy: Policy, workers: int, reason: str) -> bool:
         """Start a new generation with ``workers`` workers; retire the old one."""
         t0 = monotonic()
-        old_endpoints = [a for _, _, a in endpoints(self.cfg)]
+        before = self.registry.snapshot()
         try:
             self._bind(cfg, workers)
         except BindError as e:
@@ -258,14 +269,19 @@ class Arbiter:
             return False
         old = [w for w in self.workers.values() if not w.kill_at]
         generation = self.generation + 1
-        new = [self._spawn(i, generation, cfg, policy, workers) for i in range(workers)]
-        why = self._wait_ready(new, READY_TIMEOUT)
+        new: list[int] = []
+        try:
+            for i in range(workers):
+                new.append(self._spawn(i, generation, cfg, policy, workers))
+            why = self._wait_ready(new, READY_TIMEOUT)
+        except Exception as e:  # fork failed (EAGAIN, ENOMEM), scoreboard full, ...
+            why = f"cannot start worker {len(new)}: {e}"
         if why is not None:
             for pid in new:
                 self._kill(pid, signal.SIGKILL)
             self._reap_blocking(new, 5.0)
             if self.generation:
-                self.registry.close_except(old_endpoints)
+                self.registry.rollback(before)
             tail = "; still serving the previous configuration" if self.generation else ""
             log.log(logging.ERROR, f"{reason} failed: {why}{tail}", generation=generation)
             return False
@@ -341,7 +357,14 @@ class Arbiter:
         for index, when in list(self.respawn_at.items()):
             if when <= now and not self.stopping:
                 del self.respawn_at[index]
-                self._spawn(index, self.generation, self.cfg, self.policy, self.num_workers)
+                try:
+                    self._spawn(index, self.generation, self.cfg, self.policy,
+                                self.num_workers)
+                except Exception as e:  # fork failed: try again, the master stays up
+                    log.log(logging.ERROR, "cannot respawn worker; retrying in 1s",
+                            worker=index, error=str(e))
+                    self.respawn_at[index] = now + 1.0
+                    continue
                 if self.metrics is not None:
                     self.metrics.restarts.inc()
 
@@ -481,8 +504,12 @@ class Arbiter:
         self._stop_all(signal.SIGUSR1)
 
     def handle_ttin(self) -> None:
-        if not self.stopping:
-            self._roll(self.cfg, self.policy, self.num_workers + 1, "resize")
+        if self.stopping:
+            return
+        if self.num_workers >= MAX_WORKERS:
+            log.log(logging.WARNING, f"resize refused: already at {MAX_WORKERS} workers")
+            return
+        self._roll(self.cfg, self.policy, self.num_workers + 1, "resize")
 
     def handle_ttou(self) -> None:
         if not self.stopping and self.num_workers > 1:

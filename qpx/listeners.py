@@ -134,6 +134,23 @@ class SocketRegistry:
             raise
         return [self.groups[self.key(addr)] for _, addr in endpoints]
 
+    def snapshot(self) -> dict[tuple[str, int], int]:
+        """How many sockets every group has now (for :meth:`rollback`)."""
+        return {k: len(g.sockets) for k, g in self.groups.items()}
+
+    def rollback(self, before: dict[tuple[str, int], int]) -> None:
+        """Undo the growth since ``before`` after a failed reload or resize: sockets no
+        running worker serves must not take connections the kernel would queue there
+        forever.  Groups that did not exist are closed; grown groups shrink back."""
+        for k in list(self.groups):
+            group = self.groups[k]
+            keep = before.get(k, 0)
+            for s in group.sockets[keep:]:
+                s.close()
+            del group.sockets[keep:]
+            if not group.sockets:
+                del self.groups[k]
+
     def close_except(self, keep: list[ListenAddr]) -> list[ListenAddr]:
         wanted = {self.key(a) for a in keep}
         closed = []

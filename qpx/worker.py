@@ -56,8 +56,13 @@ class WorkerSpec:
 
 def _reset_process(spec: WorkerSpec) -> None:
     signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1,
-                signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD):
+    # Master-only signals are ignored: their default actions would kill (HUP) or stop
+    # (TTIN, TTOU) a worker that `pkill -HUP qpxd` or a process-group signal reaches.
+    # USR1 is ignored until its handler is in place; stop signals keep their default
+    # (dying is the right answer before the worker serves).
+    for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     keep = {s.fileno() for e in spec.endpoints for s in e.sockets}
     for fd in spec.close_fds - keep:

@@ -130,19 +130,59 @@ def test_hup_with_broken_config_changes_nothing(qpxd, origin):
     assert b"origin o" in get(port, o.addr)
 
 
-def test_hup_whose_workers_fail_keeps_the_old_generation(qpxd, origin, tmp_path):
-    o = origin()
-    mdir = tmp_path / "m2"
+def doomed_next_generation(qpxd, tmp_path, port: int):
+    """A daemon whose *next* workers cannot start: its metrics directory is removed
+    after the first generation is up (workers open their metrics files at start)."""
+    mdir = tmp_path / "metrics"
     mdir.mkdir()
-    port = free_port()
     cfg = cfg_with(port, workers=2)
     cfg["metrics"] = {"listen": f"127.0.0.1:{free_port()}"}
     d = qpxd(cfg, env={"PROMETHEUS_MULTIPROC_DIR": str(mdir)})
+    return d, lambda: shutil.rmtree(mdir)
+
+
+def test_hup_whose_workers_fail_keeps_the_old_generation(qpxd, origin, tmp_path):
+    o = origin()
+    port = free_port()
+    d, doom = doomed_next_generation(qpxd, tmp_path, port)
     before = sorted(d.workers())
-    shutil.rmtree(mdir)
+    doom()
     d.reload()
     assert "reload failed" in d.log()
     assert sorted(d.workers()) == before
+    assert b"origin o" in get(port, o.addr)
+
+
+def test_failed_resize_takes_back_the_sockets_it_added(qpxd, origin, tmp_path):
+    """A TTIN whose new workers never get ready must not leave the extra SO_REUSEPORT
+    socket behind: nobody would accept from it, and the kernel would keep queueing a
+    share of new connections there."""
+    o = origin()
+    port = free_port()
+    d, doom = doomed_next_generation(qpxd, tmp_path, port)
+    assert listening_sockets(port) == 2
+    doom()
+    d.kill(signal.SIGTTIN)
+    d.wait_log("resize failed")
+    assert listening_sockets(port) == 2
+    for i in range(40):  # fresh connections: each hashes to some socket
+        assert b"origin o" in get(port, o.addr, f"/n{i}", timeout=5)
+
+
+def test_workers_ignore_master_only_signals(qpxd, origin):
+    """`pkill -HUP qpxd` reaches workers too: HUP's default action would kill them and
+    TTIN/TTOU's would stop them."""
+    o = origin()
+    port = free_port()
+    d = qpxd(cfg_with(port, workers=1))
+    worker = d.workers()[0]
+    for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
+        os.kill(worker, sig)
+    time.sleep(0.5)
+    with open(f"/proc/{worker}/stat") as f:
+        state = f.read().split(") ")[1].split()[0]
+    assert state in ("S", "R"), state
+    assert d.workers() == [worker]
     assert b"origin o" in get(port, o.addr)
 
 
@@ -200,6 +240,9 @@ def test_ttin_ttou_resize_without_failures(qpxd, origin):
     with Load(port, o.addr, keepalive=2, fresh=2, max_seconds=60) as load:
         d.kill(signal.SIGTTIN)
         d.wait_log("resize complete", count=1)
+        deadline = time.monotonic() + 10  # the old generation drains, then exits
+        while len(d.workers()) != 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert len(d.workers()) == 3
         assert listening_sockets(port) == 3
         time.sleep(0.3)

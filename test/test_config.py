@@ -91,7 +91,7 @@ def test_type_errors_are_precise(tmp_path):
     assert errors(check(f)) == [
         f"{f}:8: runtime.tcp_backlog: expected an integer, got 'lots'",
         f"{f}:9: runtime.reuse_port: expected true or false, got 'yes'",
-        f"{f}:10: runtime.worker_threads: must be between 1 and 1024, got 0",
+        f"{f}:10: runtime.worker_threads: must be between 1 and 256, got 0",
     ]
 
 
@@ -251,6 +251,80 @@ def test_action_errors(tmp_path, action, path, message):
     f = write(tmp_path, "a.yaml", (RULES % "host: [x]").replace("{ type: direct }", action))
     errs = errors(check(f))
     assert [e.split(": ", 1)[1] for e in errs] == [f"{path}: {message}"], errs
+
+
+@pytest.mark.parametrize("action,path,message", [
+    ("{ type: respond, local_response: { status: 101 } }",
+     "listeners.0.rules.0.action.local_response.status", "must be between 200 and 599, got 101"),
+    ("{ type: respond, local_response: { headers: { Content-Length: \"5\" } } }",
+     "listeners.0.rules.0.action.local_response.headers.Content-Length",
+     "qpxd frames local responses itself: Content-Length, Transfer-Encoding, Connection and "
+     "other hop-by-hop fields cannot be set here"),
+    ("{ type: respond, local_response: { headers: { connection: close } } }",
+     "listeners.0.rules.0.action.local_response.headers.connection",
+     "qpxd frames local responses itself: Content-Length, Transfer-Encoding, Connection and "
+     "other hop-by-hop fields cannot be set here"),
+])
+def test_local_response_limits(tmp_path, action, path, message):
+    f = write(tmp_path, "a.yaml", (RULES % "host: [x]").replace("{ type: direct }", action))
+    errs = errors(check(f))
+    assert [e.split(": ", 1)[1] for e in errs] == [f"{path}: {message}"], errs
+
+
+REWRITE = """
+    version: 1
+    reverse:
+      - name: site
+        listen: "127.0.0.1:18081"
+        routes:
+          - match: { path: ["/a/*"] }
+            upstreams: ["http://127.0.0.1:9000"]
+            path_rewrite: { regex: { pattern: "%s", replace: "%s" } }
+"""
+
+
+@pytest.mark.parametrize("pattern,replace,message", [
+    ("^/a/(.*)$", "/b/$2", "replacement '/b/$2' refers to a group pattern '^/a/(.*)$' does "
+     "not have (invalid group reference 2); write ${1}x, not $1x, when a name "
+     "character follows"),
+    ("^/a/(.*)$", "/b/$1x", "replacement '/b/$1x' refers to a group pattern '^/a/(.*)$' "
+     "does not have (bad character in group name '1x'); write ${1}x, not $1x, "
+     "when a name character follows"),
+    ("^/a/(.*)$", "/b /$1", "must not contain whitespace, control or non-ASCII characters "
+     "(a request target cannot carry them)"),
+])
+def test_path_rewrite_replacement_is_checked(tmp_path, pattern, replace, message):
+    f = write(tmp_path, "a.yaml", REWRITE % (pattern, replace))
+    errs = errors(check(f))
+    assert [e.split(": ", 1)[1] for e in errs] == \
+        [f"reverse.0.routes.0.path_rewrite.regex.replace: {message}"], errs
+    ok = write(tmp_path, "b.yaml", REWRITE % (pattern, "/b/${1}x"))
+    assert check(ok).returncode == 0
+
+
+def test_header_regex_replacement_and_worker_timeout_are_checked(tmp_path):
+    f = write(tmp_path, "a.yaml", """
+        version: 1
+        listeners:
+          - name: fwd
+            mode: forward
+            listen: "127.0.0.1:18080"
+            default_action: { type: direct }
+            rules:
+              - name: r
+                match: { host: [x] }
+                action: { type: direct }
+                headers:
+                  request_regex_replace:
+                    - { header: User-Agent, pattern: 'curl/(.+)', replace: 'agent-$2' }
+    """)
+    assert [e.split(": ", 1)[1] for e in errors(check(f))] == [
+        "listeners.0.rules.0.headers.request_regex_replace.0.replace: replacement 'agent-$2' "
+        "refers to a group pattern 'curl/(.+)' does not have (invalid group reference 2); write ${1}x, not $1x, when a name character follows"]
+    g = write(tmp_path, "b.yaml", MINIMAL.replace("version: 1\n", "version: 1\nruntime: "
+                                                  "{ worker_timeout_ms: 500 }\n"))
+    assert [e.split(": ", 1)[1] for e in errors(check(g))] == [
+        "runtime.worker_timeout_ms: must be at least 2000, got 500"]
 
 
 @pytest.mark.parametrize("block,path", [

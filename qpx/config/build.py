@@ -21,6 +21,11 @@ from . import model as m
 from .errors import Issue, dotted
 from .loader import Document
 
+# Fields of a local response that qpxd writes itself (framing and hop-by-hop).
+_FRAMED_BY_QPXD = frozenset((
+    "content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection",
+    "te", "trailer", "upgrade"))
+
 UNSUPPORTED = "not supported by this build"
 TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 FIELD_VALUE = re.compile(r"^[\t\x20-\x7e\x80-\xff]*$")
@@ -75,6 +80,25 @@ class Builder:
             re.compile(pattern)
         except re.error as e:
             self.err(path, f"invalid regex {pattern!r}: {e}")
+
+    def check_replacement(self, path: tuple, pattern: str, template: str) -> None:
+        """A reference to a group the pattern lacks (``$2`` with one group, ``$1a``
+        read as group ``1a``) is an error here; the original silently put nothing there,
+        which hides the typo until a request shows it."""
+        try:
+            compiled = re.compile(pattern)
+        except re.error:
+            return  # reported against the pattern
+        from ..http.headers import rust_template
+
+        try:
+            compiled.sub(rust_template(template), "")
+        except (re.error, IndexError) as e:
+            # re.error's position is in the translated template: leave it out
+            detail = e.msg if isinstance(e, re.error) else str(e)
+            self.err(path, f"replacement {template!r} refers to a group pattern "
+                           f"{pattern!r} does not have ({detail}); write ${{1}}x, not $1x, "
+                           "when a name character follows")
 
     def check_match(self, path: tuple, spec: m.MatchSpec) -> None:
         for rel, message in validate_match(spec):
@@ -170,6 +194,10 @@ class Builder:
             for i, r in enumerate(raw.get(key) or ()):
                 self.check_header_name(path + (key, i, "header"), r["header"])
                 self.check_regex(path + (key, i, "pattern"), r["pattern"])
+                self.check_replacement(path + (key, i, "replace"), r["pattern"], r["replace"])
+                if any(ord(c) < 0x20 and c != "\t" or ord(c) == 0x7f for c in r["replace"]):
+                    self.err(path + (key, i, "replace"), "must not contain control "
+                             "characters (a header value cannot carry them)")
                 items.append(m.RegexReplace(r["header"], r["pattern"], r["replace"]))
             out[key] = tuple(items)
         hc = m.HeaderControl(**out)
@@ -182,6 +210,10 @@ class Builder:
         for name, value in headers:
             self.check_header_name(path + ("headers", name), name)
             self.check_header_value(path + ("headers", name), value)
+            if name.lower() in _FRAMED_BY_QPXD:
+                self.err(path + ("headers", name), "qpxd frames local responses itself: "
+                         "Content-Length, Transfer-Encoding, Connection and other "
+                         "hop-by-hop fields cannot be set here")
         ct = raw.get("content_type")
         if ct is not None:
             self.check_header_value(path + ("content_type",), ct)
@@ -327,6 +359,12 @@ class Builder:
                 self.check_regex(rp + ("pattern",), pattern)
                 if "?" in replace or "#" in replace:
                     self.err(rp + ("replace",), "must not contain '?' or '#'")
+                elif any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7f or not c.isascii()
+                         for c in replace):
+                    self.err(rp + ("replace",), "must not contain whitespace, control or "
+                                                "non-ASCII characters (a request target "
+                                                "cannot carry them)")
+                self.check_replacement(rp + ("replace",), pattern, replace)
                 regex = m.PathRegex(pattern, replace)
             for key in ("strip_prefix", "add_prefix"):
                 v = rw.get(key)

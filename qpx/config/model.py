@@ -303,10 +303,13 @@ class Runtime:
     cpu_affinity_iface: str | None = None
 
     def workers(self) -> int:
-        return self.worker_threads or (os.cpu_count() or 1)
+        return self.worker_threads or min(os.cpu_count() or 1, 256)
 
     def acceptors(self) -> int:
-        return max(1, self.acceptor_tasks_per_listener or self.workers())
+        """Acceptor sockets per worker.  Unset: one, so a listener gets one socket per
+        worker — the same socket count as the original's default (acceptors =
+        worker_threads, shared by its threads); DESIGN.md multiplies by workers."""
+        return max(1, self.acceptor_tasks_per_listener or 1)
 
     def blocking_threads(self) -> int:
         return self.max_blocking_threads or max(self.workers() * 32, 128)

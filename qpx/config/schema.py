@@ -140,7 +140,7 @@ Bytes = Int(1)
 # --------------------------------------------------------------------------- blocks
 
 LOCAL_RESPONSE = {
-    Optional("status"): Int(100, 599),
+    Optional("status"): Int(200, 599),  # 1xx would leave the exchange unfinished
     Optional("body"): Str,
     Optional("content_type"): Nullable(Str),
     Optional("headers"): Nullable({Str: HeaderValue}),
@@ -317,7 +317,7 @@ REVERSE = {
 }
 
 RUNTIME = {
-    Optional("worker_threads"): Nullable(Int(1, 1024)),
+    Optional("worker_threads"): Nullable(Int(1, 256)),
     Optional("max_blocking_threads"): Nullable(Int(1)),
     Optional("acceptor_tasks_per_listener"): Nullable(Int(1, 1024)),
     Optional("reuse_port"): Bool,
@@ -332,7 +332,9 @@ RUNTIME = {
         "upstream_http_timeout_ms", "tls_peek_timeout_ms", "http_header_read_timeout_ms",
         "upgrade_wait_timeout_ms", "tunnel_idle_timeout_ms", "h3_read_timeout_ms",
         "graceful_timeout_ms", "client_keepalive_timeout_ms", "client_body_timeout_ms",
-        "send_timeout_ms", "worker_timeout_ms")},
+        "send_timeout_ms")},
+    # Workers beat once a second: below 2 s a busy but healthy worker would be killed.
+    Optional("worker_timeout_ms"): Int(2000),
     Optional("max_concurrent_connections"): Int(1),
     Optional("max_header_count"): Int(1),
     Optional("cpu_affinity"): Nullable(Any(Str, List(Int(0)))),

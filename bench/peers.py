@@ -241,11 +241,12 @@ class ProxyPy(Peer):
 class NginxReverse(Peer):
     name = "nginx"
 
-    def __init__(self, workdir: Path, cpu: int | None, origin_port: int):
+    def __init__(self, workdir: Path, cpu: int | None, origin_port: int, workers: int = 1):
+        self.name = "nginx" if workers == 1 else f"nginx {workers}w"
         super().__init__(workdir, cpu)
         (self.dir / "tmp").mkdir(exist_ok=True)
         (self.dir / "nginx.conf").write_text(f"""
-user root; daemon off; worker_processes 1; pid {self.dir}/nginx.pid;
+user root; daemon off; worker_processes {workers}; pid {self.dir}/nginx.pid;
 error_log {self.dir}/error.log; worker_rlimit_nofile 20000;
 events {{ worker_connections 20000; }}
 http {{
@@ -266,11 +267,12 @@ http {{
 class HaproxyReverse(Peer):
     name = "haproxy"
 
-    def __init__(self, workdir: Path, cpu: int | None, origin_port: int):
+    def __init__(self, workdir: Path, cpu: int | None, origin_port: int, threads: int = 1):
+        self.name = "haproxy" if threads == 1 else f"haproxy {threads}t"
         super().__init__(workdir, cpu)
         (self.dir / "haproxy.cfg").write_text(f"""
 global
-  nbthread 1
+  nbthread {threads}
   maxconn 20000
 defaults
   mode http

@@ -29,8 +29,8 @@ from peers import (ROOT, HaproxyReverse, NginxOrigin, NginxReverse, ProxyPy, Qpx
                    Squid, Tinyproxy, cpu_seconds, free_port, rss_kb)
 
 LOAD_CPU, PROXY_CPU = 1, 0
-SECTIONS = ("forward", "browser", "connect", "get1m", "reverse", "scaling", "spread", "rules",
-            "memory")
+SECTIONS = ("engine", "forward", "browser", "connect", "get1m", "reverse", "scaling", "spread",
+            "rules", "memory")
 
 
 def units(text: str) -> float:
@@ -47,13 +47,22 @@ def wrk(url: str, seconds: float, *, script: bool, env: dict | None = None,
     cmd.append(url)
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu)] + cmd
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})},
-                         timeout=seconds + 30).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p99 = units(re.search(r"99%\s+(\S+)", out).group(1))
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True,
+                           env={**os.environ, **(env or {})}, timeout=seconds + 30)
+        out = r.stdout
+    except subprocess.TimeoutExpired as e:
+        out, r = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) \
+            else (e.stdout or ""), None
+    rps_m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p99_m = re.search(r"99%\s+(\d[\d.]*(?:us|ms|s))", out)
+    if rps_m is None or p99_m is None:  # wrk failed: a zero row that says why
+        why = (out + (r.stderr if r is not None else "timed out"))[-300:]
+        return {"rps": 0.0, "p99_ms": 0.0, "errors": -1, "non2xx": 0, "failed": why}
     errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
-    return {"rps": rps, "p99_ms": p99, "errors": errors, "non2xx": non2xx}
+    return {"rps": float(rps_m.group(1)), "p99_ms": units(p99_m.group(1)), "errors": errors,
+            "non2xx": non2xx}
 
 
 def bulk(mode: str, origin: int, seconds: float, proxy: int | None = None) -> dict:
@@ -134,6 +143,16 @@ class Bench:
         ok = subprocess.run([str(py), "-c", "import proxy"], capture_output=True)
         return str(py) if ok.returncode == 0 else None
 
+    def section_engine(self) -> list[dict]:
+        """The rule engine alone (bench/bench_rules.py): µs per complete match."""
+        out = self.work / "rules.json"
+        cmd = ["taskset", "-c", str(PROXY_CPU), sys.executable,
+               str(ROOT / "bench" / "bench_rules.py"), "--json", str(out)]
+        if self.args.quick:
+            cmd += ["--sizes", "10,1000,10000", "--repeats", "3"]
+        subprocess.run(cmd, capture_output=True, timeout=900)
+        return json.loads(out.read_text()) if out.exists() else [{"unavailable": True}]
+
     def section_forward(self, browser: bool = False) -> list[dict]:
         env = {"ORIGIN": f"127.0.0.1:{self.origin.port}", "OBJ": "/100b",
                "BROWSER": "1" if browser else "0"}
@@ -171,7 +190,11 @@ class Bench:
         secs = self.args.seconds
         o = self.origin.port
         peers = [Qpxd(self.work, PROXY_CPU, mode="reverse", origin_port=o, label="qpxd"),
-                 NginxReverse(self.work, PROXY_CPU, o), HaproxyReverse(self.work, PROXY_CPU, o)]
+                 NginxReverse(self.work, PROXY_CPU, o), HaproxyReverse(self.work, PROXY_CPU, o),
+                 Qpxd(self.work, None, mode="reverse", origin_port=o, workers=2,
+                      acceptors=1, label="qpxd 2w"),
+                 NginxReverse(self.work, None, o, workers=2),
+                 HaproxyReverse(self.work, None, o, threads=2)]
         rows = []
         for peer in peers:
             def measure(p):
@@ -179,7 +202,8 @@ class Bench:
                 for _ in range(self.args.runs):
                     pids = p.pids()
                     c0 = cpu_seconds(pids)
-                    r = wrk(f"http://127.0.0.1:{p.port}/100b", secs, script=False)
+                    r = wrk(f"http://127.0.0.1:{p.port}/100b", secs, script=False,
+                            cpu=LOAD_CPU if p.cpu is not None else None)
                     r["cpu_s"] = cpu_seconds(pids) - c0
                     r["req_per_cpu_s"] = r["rps"] * secs / max(r["cpu_s"], 1e-9)
                     runs.append(r)
@@ -264,7 +288,8 @@ class Bench:
         only = set(self.args.only.split(",")) if self.args.only else set(SECTIONS)
         self.origin.start()
         try:
-            plan = [("forward", lambda: self.section_forward()),
+            plan = [("engine", self.section_engine),
+                    ("forward", lambda: self.section_forward()),
                     ("browser", lambda: self.section_forward(browser=True)),
                     ("connect", lambda: self.section_bulk("connect")),
                     ("get1m", lambda: self.section_bulk("get")),
@@ -273,12 +298,23 @@ class Bench:
                     ("spread", self.section_spread),
                     ("rules", self.section_rules),
                     ("memory", self.section_memory)]
+            partial = ROOT / "bench" / "results" / "partial.json"
+            partial.parent.mkdir(parents=True, exist_ok=True)
             for name, fn in plan:
                 if name in only:
                     print(f"== {name}", flush=True)
-                    self.results["sections"][name] = fn()
-                    print(json.dumps(self.results["sections"][name], default=str)[:600],
+                    t0 = time.monotonic()
+                    try:
+                        self.results["sections"][name] = fn()
+                    except Exception as e:  # noqa: BLE001 - one broken section, not the run
+                        import traceback
+
+                        traceback.print_exc()
+                        self.results["sections"][name] = {"failed": repr(e)[:300]}
+                    print(f"   {time.monotonic() - t0:.0f}s: "
+                          + json.dumps(self.results["sections"][name], default=str)[:400],
                           flush=True)
+                    partial.write_text(json.dumps(self.results, indent=1, default=str))
         finally:
             self.origin.stop()
             shutil.rmtree(self.work, ignore_errors=True)

@@ -20,10 +20,10 @@ idle connections cost no buffer memory, and the pool caps how many big ones are 
 
 from __future__ import annotations
 
+import array
 import errno
 import fcntl
 import socket
-import sys
 import termios
 import time
 from typing import Iterable
@@ -31,6 +31,9 @@ from typing import Iterable
 from gevent.hub import get_hub
 
 monotonic = time.monotonic
+_ioctl = fcntl.ioctl
+_FIONREAD = termios.FIONREAD
+_IOCTL_INT = array.array("i", [0])
 
 RECV_SIZE = 65536
 BULK_SIZE = 1 << 20  # 1 MiB: PERFORMANCE.md measured 2.45 GB/s vs 1.2 GB/s for 64 KiB
@@ -145,12 +148,13 @@ class Conn:
             return None
 
     def pending(self) -> int:
-        """Bytes readable right now (FIONREAD); -1 if the socket is gone."""
+        """Bytes readable right now (FIONREAD); -1 if the socket is gone.  The ioctl
+        writes into one preallocated int: half the cost of the bytes-copy form."""
         try:
-            return int.from_bytes(fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0"),
-                                  sys.byteorder)
+            _ioctl(self.fd, _FIONREAD, _IOCTL_INT, True)
         except OSError:
             return -1
+        return _IOCTL_INT[0]
 
     def peek_alive(self) -> bool:
         """True when an idle connection is still open and has nothing pending (a pooled

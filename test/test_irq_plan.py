@@ -105,7 +105,8 @@ def advice(iface, n, cpulist):
     ]
 
 
-SKIPPED = {"status": "skipped", "path": None, "current": None, "max": None, "error": None}
+SKIPPED = {"status": "skipped", "path": None, "current": None, "max": None, "error": None,
+           "flow_hash": None}
 
 
 @pytest.fixture
@@ -151,18 +152,34 @@ def test_ixgbe_plan_text(ixgbe):
 
 def test_ethtool_on_path_is_run_and_reported(ixgbe, tmp_path):
     fake = tmp_path / "bin" / "ethtool"
-    write(fake, "#!/bin/sh\n[ \"$1 $2\" = \"-l eth0\" ] || exit 3\n"
-                "printf 'Channel parameters for eth0:\\nPre-set maximums:\\nRX:\\t\\tn/a\\nTX:\\t\\tn/a\\n"
-                "Other:\\t\\t1\\nCombined:\\t63\\nCurrent hardware settings:\\nRX:\\t\\tn/a\\n"
-                "TX:\\t\\tn/a\\nOther:\\t\\t1\\nCombined:\\t4\\n'\n")
+    write(fake, "#!/bin/sh\n"
+                "case \"$*\" in\n"
+                "'-l eth0') printf 'Channel parameters for eth0:\\nPre-set maximums:\\n"
+                "RX:\\t\\tn/a\\nTX:\\t\\tn/a\\nOther:\\t\\t1\\nCombined:\\t63\\n"
+                "Current hardware settings:\\nRX:\\t\\tn/a\\nTX:\\t\\tn/a\\nOther:\\t\\t1\\n"
+                "Combined:\\t4\\n' ;;\n"
+                "'-n eth0 rx-flow-hash tcp4') printf 'TCP over IPV4 flows use these fields for "
+                "computing Hash flow key:\\nIP SA\\nIP DA\\nL4 bytes 0 & 1 [TCP/UDP src port]\\n"
+                "L4 bytes 2 & 3 [TCP/UDP dst port]\\n\\n' ;;\n"
+                "'-n eth0 rx-flow-hash tcp6') printf 'TCP over IPV6 flows use these fields for "
+                "computing Hash flow key:\\nIP SA\\nIP DA\\n\\n' ;;\n"
+                "*) exit 3 ;;\nesac\n")
     fake.chmod(0o755)
     res = run(ixgbe, "--json", path=fake.parent)
     assert json.loads(res.stdout)["ethtool"] == {
         "status": "ok", "path": str(fake), "error": None,
         "max": {"rx": None, "tx": None, "other": 1, "combined": 63},
-        "current": {"rx": None, "tx": None, "other": 1, "combined": 4}}
+        "current": {"rx": None, "tx": None, "other": 1, "combined": 4},
+        "flow_hash": {"tcp4": ["IP SA", "IP DA", "L4 bytes 0 & 1 [TCP/UDP src port]",
+                               "L4 bytes 2 & 3 [TCP/UDP dst port]"],
+                      "tcp6": ["IP SA", "IP DA"]}}
     text = run(ixgbe, path=fake.parent).stdout
     assert "ethtool -l eth0: combined 4 (max 63), rx n/a (max n/a), tx n/a (max n/a), other 1 (max 1)" in text
+    assert ("ethtool -n eth0 rx-flow-hash tcp4: hashes IP SA, IP DA, L4 bytes 0 & 1 [TCP/UDP src "
+            "port], L4 bytes 2 & 3 [TCP/UDP dst port] (good)") in text
+    assert ("ethtool -n eth0 rx-flow-hash tcp6: hashes IP SA, IP DA; missing L4 bytes 0 & 1, L4 "
+            "bytes 2 & 3: connections from one host all land on one queue (fix: ethtool -N eth0 "
+            "rx-flow-hash tcp6 sdfn)") in text
     assert run_json(ixgbe)["ethtool"]["status"] == "absent"
 
 

@@ -299,6 +299,38 @@ def test_chaining_to_second_qpxd_and_tinyproxy(qpxd, origin, tmp_path):
         tp.wait(5)
 
 
+def test_connect_through_an_upstream_proxy_chain(qpxd, echo):
+    """CONNECT on the edge with a `proxy` action: the edge CONNECTs through the inner
+    qpxd, then relays both ways (bytes the client sent early included)."""
+    e = echo()
+    edge, inner = free_port(), free_port()
+    inner_cfg = forward_config(inner, connect_ports=[e.port])
+    inner_cfg["identity"] = {"proxy_name": "qpx-inner"}  # the same name is a Via loop: 508
+    qpxd(inner_cfg, name="inner")
+    cfg = forward_config(edge, [{"name": "via-inner", "match": {"host": ["*"]},
+                                 "action": {"type": "proxy", "upstream": "inner"}}],
+                         connect_ports=[e.port])
+    cfg["upstreams"] = [{"name": "inner", "url": f"http://127.0.0.1:{inner}"}]
+    qpxd(cfg, name="edge")
+    with socket.create_connection(("127.0.0.1", edge), timeout=5) as s:
+        s.sendall(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\nping" % ((e.addr.encode(),) * 2))
+        data = b""
+        while not data.endswith(b"ping"):
+            chunk = s.recv(4096)
+            assert chunk, data
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200")
+        s.sendall(b"pong")
+        got = b""
+        while got != b"pong":
+            chunk = s.recv(4096)
+            assert chunk, got
+            got += chunk
+    assert e.connections == 1
+    blocked = raw_request(edge, b"CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n")
+    assert status_of(blocked) == 403  # the edge's connect_ports hold before any chaining
+
+
 def test_slow_header_client_is_cut_off_while_others_are_served(qpxd, origin):
     o = origin()
     port = free_port()

@@ -12,7 +12,8 @@ heartbeat (every 0.5 s) and the worker's exit flush them into the shared files. 
 killed with SIGKILL loses at most its last half second of counts.
 
 Exposition (``metrics.listen``): ``/metrics`` in Prometheus text format and ``/health``
-(200 while the master runs its workers, 503 while it starts or stops).  Loopback clients
+(200 while the master runs its workers, a reload included; 503 while it starts or
+stops).  Loopback clients
 are always allowed, others only inside ``metrics.allow`` (403 otherwise).
 """
 
@@ -39,7 +40,8 @@ class _Count:
     def flush(self) -> None:
         if self.n:
             n, self.n = self.n, 0.0
-            self.child.inc(n)
+            if self.child is not None:
+                self.child.inc(n)
 
 
 class _Hist:
@@ -57,6 +59,10 @@ class _Hist:
 
     def flush(self) -> None:
         if not self.sum and not any(self.counts):
+            return
+        if self.child is None:
+            self.counts = [0] * len(self.counts)
+            self.sum = 0.0
             return
         # prometheus_client keeps one value per bucket (+Inf last) and one for the sum;
         # adding our batched deltas to them is what `observe` would have done n times.
@@ -87,6 +93,10 @@ class WorkerMetrics:
         self._upstream = Histogram(f"{p}_upstream_response_seconds",
                                    "Connect + response head latency of upstream exchanges",
                                    ["listener"], buckets=DURATION_BUCKETS)
+        self._connect = Histogram(f"{p}_upstream_connect_seconds",
+                                  "Resolve + TCP connect latency of new upstream connections "
+                                  "(pooled ones do not count)", ["listener"],
+                                  buckets=DURATION_BUCKETS)
         self._accepted = Counter(f"{p}_connections_accepted_total",
                                  "Connections accepted, per worker and acceptor socket",
                                  ["listener", "worker", "acceptor"])
@@ -117,15 +127,30 @@ class WorkerMetrics:
         key = (id(metric),) + labels
         acc = self._counts.get(key)
         if acc is None:
-            acc = self._counts[key] = _Count(metric.labels(*labels))
+            acc = self._counts[key] = _Count(self._child(metric, labels))
         return acc
 
     def _h(self, metric, labels: tuple) -> _Hist:
         key = (id(metric),) + labels
         acc = self._hists.get(key)
         if acc is None:
-            acc = self._hists[key] = _Hist(metric.labels(*labels), metric._upper_bounds[:-1])
+            acc = self._hists[key] = _Hist(self._child(metric, labels),
+                                           metric._upper_bounds[:-1])
         return acc
+
+    @staticmethod
+    def _child(metric, labels: tuple):
+        """The labelled child, whose first use opens this process's metrics file.  A
+        metrics failure (directory gone, disk full) must never fail a request: the
+        series is then counted nowhere, and the error log says so once per series."""
+        try:
+            return metric.labels(*labels)
+        except (OSError, ValueError) as e:
+            from . import log
+
+            log.log(40, "metrics series unavailable; not counted", metric=metric._name,
+                    labels=list(labels), error=str(e))
+            return None
 
     def request(self, listener: str, action: str, status: int, duration: float) -> None:
         self._c(self._requests, (listener, action, status_class(status))).n += 1
@@ -133,6 +158,9 @@ class WorkerMetrics:
 
     def upstream_latency(self, listener: str, seconds: float) -> None:
         self._h(self._upstream, (listener,)).observe(seconds)
+
+    def upstream_connect(self, listener: str, seconds: float) -> None:
+        self._h(self._connect, (listener,)).observe(seconds)
 
     def proxy_header(self, listener: str, result: str) -> None:
         self._c(self._proxy, (listener, result)).n += 1
@@ -152,7 +180,12 @@ class WorkerMetrics:
         self._health.labels(reverse, upstream).set(1 if healthy else 0)
 
     def counting(self, handle, listener: str, acceptor: int):
-        acc = self._c(self._accepted, (listener, self.worker, str(acceptor)))
+        # Created eagerly, at worker start, and unguarded: a worker that cannot write
+        # its metrics fails to start (a reload then keeps the old generation) rather
+        # than run blind; later series are guarded (see _child).
+        labels = (listener, self.worker, str(acceptor))
+        acc = self._counts[(id(self._accepted),) + labels] = \
+            _Count(self._accepted.labels(*labels))
         active = self._active_n
         active.setdefault(listener, 0)
 
@@ -231,10 +264,12 @@ class MetricsEdge:
                     req = parser.feed(data)
                 path = (req.path or "").split("?")[0].encode()
                 if path == b"/health":
-                    from .scoreboard import RUNNING
+                    from .scoreboard import RELOADING, RUNNING
 
+                    # 200 while the master has its workers — a reload included (the old
+                    # generation serves until the new one is ready); 503 while stopping.
                     state, workers = self.services.scoreboard.master_state()
-                    ok = state == RUNNING and not self.services.stopping
+                    ok = state in (RUNNING, RELOADING) and not self.services.stopping
                     status = 200 if ok else 503
                     body = b"ok\n" if ok else b"unavailable\n"
                     ctype = b"text/plain"

@@ -43,10 +43,6 @@ class DeadlineExceeded(Exception):
     """The connection's deadline passed while it waited."""
 
 
-class Drain(Exception):
-    """Thrown into an idle keep-alive connection when the worker stops serving."""
-
-
 class Conn:
     """A non-blocking socket with its own watchers and an absolute deadline (0 = none)."""
 

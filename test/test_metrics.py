@@ -107,18 +107,26 @@ def test_exposition_parses_and_names_are_prefixed(qpxd, origin):
     names = {f.name for f in text_string_to_metric_families(text)}
     for expected in ("edge_requests", "edge_request_duration_seconds",
                      "edge_connections_accepted", "edge_connections_active",
-                     "edge_upstream_response_seconds", "edge_rule_evaluations",
+                     "edge_upstream_response_seconds", "edge_upstream_connect_seconds",
+                     "edge_rule_evaluations",
                      "edge_reloads", "edge_workers"):
         assert expected in names, (expected, sorted(names))
     assert not any(n.startswith("qpx_") for n in names)
 
 
-def test_health_is_200_running_and_503_while_stopping(qpxd, origin):
+def test_health_is_200_running_and_reloading_503_while_stopping(qpxd, origin):
     o = origin()
     port, mport = free_port(), free_port()
     d = qpxd(config(port, mport, workers=1))
     assert scrape(mport, "/health") == (200, "ok\n")
-    t = threading.Thread(target=get, args=(port, o.addr.replace("", "") + "", 0))
+    d.kill(signal.SIGHUP)  # a load balancer must not drop the node for a reload
+    seen = []
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        seen.append(scrape(mport, "/health")[0])
+        time.sleep(0.01)
+    d.wait_log("reload complete")
+    assert len(seen) > 20 and set(seen) == {200}, seen
     slow = threading.Thread(target=lambda: raw_request(
         port, b"GET http://%s/slow?s=2 HTTP/1.1\r\nHost: x\r\n\r\n" % o.addr.encode()))
     slow.start()
@@ -128,7 +136,6 @@ def test_health_is_200_running_and_503_while_stopping(qpxd, origin):
     assert scrape(mport, "/health")[0] == 503
     slow.join(10)
     assert d.proc.wait(15) == 0
-    del t
 
 
 def test_proxy_header_and_filter_counters(qpxd):
@@ -209,3 +216,29 @@ def test_text_logs_and_refusals_are_logged(qpxd):
     out = d.out()
     assert '"GET /" 400' in out and 'reason="a forward proxy needs' in out
     assert " info " in d.log() and "qpxd ready" in d.log()
+
+
+def test_every_connection_closed_before_http_logs_why(qpxd):
+    port = free_port()
+    cfg = forward_config(port)
+    cfg["runtime"] = {"http_header_read_timeout_ms": 300}
+    d = qpxd(cfg)
+    socket.create_connection(("127.0.0.1", port)).close()  # nothing sent
+    with socket.create_connection(("127.0.0.1", port)) as s:  # half a head, then gone
+        s.sendall(b"GET http://x/ HTTP/1.1\r\nHo")
+        time.sleep(0.1)
+    with socket.create_connection(("127.0.0.1", port)) as s:  # silent past the deadline
+        s.settimeout(5)
+        assert s.recv(100) == b""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [json.loads(x) for x in d.log().splitlines() if x.startswith("{")]
+        closed = [x for x in lines if x.get("msg") == "connection closed before HTTP"]
+        if len(closed) >= 3:
+            break
+        time.sleep(0.1)
+    reasons = sorted((x["reason"], x["detail"]) for x in closed)
+    assert reasons == [("eof", "client closed inside a request head"),
+                       ("eof", "closed without sending a request"),
+                       ("timeout", "no request within 0.3s")], reasons
+    assert all(x["listener"] == "fwd" and x["peer"].startswith("127.0.0.1:") for x in closed)

@@ -18,12 +18,17 @@ from .. import log
 from ..http.errors import HttpError, UpstreamError, phrase
 from ..http.headers import http_date
 from ..http.request import Limits, Request, RequestHeadParser
-from ..netio import BufferPool, Conn, DeadlineExceeded, Drain, Sweeper
+from ..netio import BufferPool, Conn, DeadlineExceeded, Sweeper
 from ..policy import Policy, TrustSet, parse_ip
 from ..proxyproto import ProxyHeaderParser, ProxyProtocolError
 from ..upstream import ConnectionPool, Dialer, Resolver
 
 monotonic = time.monotonic
+
+# How long a keep-alive connection may stay idle once its worker drains (reload,
+# resize, stop): long enough for an active client's next request to arrive and get its
+# answer with Connection: close, short enough to let the worker go.
+DRAIN_GRACE = 1.0
 
 V1_PREFIX = b"PROXY "
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -59,10 +64,18 @@ class Services:
         self.scoreboard = None  # the master's scoreboard (read by /health)
 
     def drain(self) -> None:
-        """Stop keep-alive: wake idle sessions, mark every later response closing."""
+        """Stop keep-alive without racing clients.  Every later response says
+        ``Connection: close``.  A connection idle between requests is not cut at once:
+        a client may be sending its next request right now, and closing under it would
+        make it fail (or retry).  It gets :data:`DRAIN_GRACE` seconds from its last
+        response to send one (answered, then closed); a connection idle for longer is
+        closed at the next sweep."""
         self.stopping = True
+        now = monotonic()
         for session in list(self.idle):
-            session.conn.interrupt(Drain())
+            conn = session.conn
+            conn.deadline = min(conn.deadline or now, max(session.idle_since + DRAIN_GRACE,
+                                                          now))
 
 
 class Client:
@@ -156,8 +169,7 @@ def prologue(conn: Conn, client: Client, services: Services, name: str, xdp, tru
         if hit is not None:
             if metrics is not None:
                 metrics.filter_drop(name, hit)
-            log.log(logging.DEBUG, "connection dropped by filter", listener=name,
-                    client=client.label, filter=hit)
+            closed_before_http(name, client, "filter", f"dropped by connection filter {hit}")
             return None
     return data
 
@@ -165,6 +177,12 @@ def prologue(conn: Conn, client: Client, services: Services, name: str, xdp, tru
 def _refuse(services: Services, name: str, client: Client, reason: str, detail: str) -> None:
     if services.metrics is not None:
         services.metrics.proxy_header(name, reason)
+    closed_before_http(name, client, reason, detail)
+
+
+def closed_before_http(name: str, client: Client, reason: str, detail: str) -> None:
+    """The one log line of a connection that ends before its first request: refused
+    PROXY header, filter drop, nothing sent in time, closed or reset silently."""
     log.log(logging.INFO, "connection closed before HTTP", listener=name,
             peer=f"{client.peer_ip}:{client.peer_port}", reason=reason, detail=detail)
 
@@ -177,7 +195,7 @@ class ClientSession:
     """The server side of one client connection."""
 
     __slots__ = ("conn", "services", "client", "name", "buf", "closing", "requests", "target",
-                 "parser")
+                 "parser", "idle_since")
 
     def __init__(self, conn: Conn, services: Services, client: Client, name: str,
                  initial: bytes):
@@ -188,6 +206,7 @@ class ClientSession:
         self.buf = initial
         self.closing = False
         self.requests = 0
+        self.idle_since = 0.0
         self.target: tuple[str, int] | None = None  # transparent: where the client went
         self.parser: RequestHeadParser | None = None  # reusable after a bodiless request
 
@@ -204,18 +223,14 @@ class ClientSession:
         self.buf = b""
         if not data:
             if self.requests:
-                if services.stopping:
-                    return None
-                conn.deadline = monotonic() + services.keepalive_timeout
+                now = self.idle_since = monotonic()
+                conn.deadline = now + (DRAIN_GRACE if services.stopping
+                                       else services.keepalive_timeout)
                 services.idle.add(self)
                 try:
                     data = conn.recv_later()
                 except (DeadlineExceeded, OSError):
                     return None
-                except Drain:
-                    data = conn.recv_nowait()
-                    if not data:
-                        return None
                 finally:
                     services.idle.discard(self)
                 if not data:
@@ -226,10 +241,15 @@ class ClientSession:
                 try:
                     data = conn.recv()
                 except DeadlineExceeded:
+                    closed_before_http(self.name, self.client, "timeout",
+                                       f"no request within {services.header_timeout:g}s")
                     return None
-                except OSError:
+                except OSError as e:
+                    closed_before_http(self.name, self.client, "reset", str(e))
                     return None
                 if not data:
+                    closed_before_http(self.name, self.client, "eof",
+                                       "closed without sending a request")
                     return None
         elif self.requests:
             conn.deadline = monotonic() + services.header_timeout
@@ -360,6 +380,8 @@ class HttpEdge:
             except ClientGone as e:
                 if req is not None:
                     session.log_request(req, 499, started, reason=str(e))
+                else:
+                    closed_before_http(session.name, session.client, "eof", str(e))
                 return
             if session.closing:
                 return

@@ -169,6 +169,7 @@ class TransparentEdge(HttpEdge):
             while hello is None:
                 chunk = conn.recv()
                 if not chunk:
+                    self._refuse(session, started, "closed inside the TLS ClientHello")
                     return
                 hello = sniffer.feed(chunk)
         except NotTls as e:

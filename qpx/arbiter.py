@@ -23,6 +23,7 @@ removed worker are remapped, never orphaned.
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import select
@@ -216,11 +217,20 @@ class Arbiter:
             cpu=cpus[index % len(cpus)] if cpus else None, own_addresses=own)
         sys.stdout.flush()
         sys.stderr.flush()
+        # Everything alive now (the compiled config above all: 10 000 rules are ~10^5
+        # objects) goes to the permanent generation for the child: its collections
+        # never traverse them again, and their pages stay shared with the master.
+        # (10 000 rules: 268k instead of 296k instructions per request.)  The master
+        # unfreezes at once, so the configurations it replaces stay collectable.
+        gc.freeze()
         try:
             pid = os.fork()
         except OSError:
+            gc.unfreeze()
             self.scoreboard.release(entry)
             raise
+        if pid:
+            gc.unfreeze()
         if pid == 0:  # the worker
             code = 1
             try:
@@ -380,6 +390,12 @@ class Arbiter:
                     w.kill_at = now + 3600
                 continue
             if not w.ready:
+                # a respawned worker that never reports ready (hung importing, blocked
+                # on a file) is killed like a silent one, and respawned with back-off
+                if now - w.started > READY_TIMEOUT:
+                    log.log(logging.ERROR, "worker not ready in time; killing", pid=w.pid,
+                            worker=w.index, waited_s=round(now - w.started, 1))
+                    self._kill(w.pid, signal.SIGKILL)
                 continue
             beat = self.scoreboard.last_beat(w.entry)
             if beat and now - beat > limit:

@@ -220,7 +220,8 @@ class Arbiter:
         # Everything alive now (the compiled config above all: 10 000 rules are ~10^5
         # objects) goes to the permanent generation for the child: its collections
         # never traverse them again, and their pages stay shared with the master.
-        # (10 000 rules: 268k instead of 296k instructions per request.)  The master
+        # (10 000 rules: 287k instead of 303k instructions per request, as with one
+        # rule: bench/hotpath.py under callgrind.)  The master
         # unfreezes at once, so the configurations it replaces stay collectable.
         gc.freeze()
         try:

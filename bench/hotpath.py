@@ -4,7 +4,8 @@ One gevent process runs a real ForwardEdge, a minimal keep-alive origin and a cl
 over loopback TCP, and reports CPU microseconds per request (client and origin included:
 their cost is constant between variants, so differences are qpxd's).
 
-    python bench/hotpath.py [--requests 20000] [--browser] [--profile]
+    python bench/hotpath.py [--requests 20000] [--browser] [--profile] [--rules N] [--freeze]
+                            [--reverse]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 BROWSER = (b"User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n"
            b"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n"
@@ -34,6 +36,11 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--browser", action="store_true")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--rules", type=int, default=1,
+                    help="rules in the listener: a block list of N-1 before the allowing rule")
+    ap.add_argument("--freeze", action="store_true", help="gc.freeze() after compiling")
+    ap.add_argument("--reverse", action="store_true",
+                    help="a reverse listener with one route to the origin instead")
     ap.add_argument("--direct", action="store_true",
                     help="the client talks to the origin itself (the baseline to subtract)")
     args = ap.parse_args()
@@ -75,9 +82,36 @@ listeners:
     rules:
       - {{name: loopback, match: {{src_ip: ["127.0.0.0/8"]}}, action: {{type: direct}}}}
 """)
+    if args.rules > 1:
+        import yaml
+        from run import blocklist
+
+        doc = yaml.safe_load(cfg_file.read_text())
+        doc["listeners"][0]["rules"] = blocklist(args.rules - 1) + doc["listeners"][0]["rules"]
+        cfg_file.write_text(yaml.safe_dump(doc))
+    if args.reverse:
+        cfg_file.write_text(f"""
+version: 1
+logging: {{access_log: null}}
+reverse:
+  - name: rev
+    listen: "127.0.0.1:1"
+    routes:
+      - match: {{}}
+        upstreams: ["http://127.0.0.1:{oport}"]
+""")
     cfg, _ = load_config([str(cfg_file)])
     services = Services(compile_config(cfg))
-    edge = ForwardEdge(services.policy.listeners["fwd"], services)
+    if args.freeze:
+        import gc
+
+        gc.freeze()
+    if args.reverse:
+        from qpx.edges.reverse import ReverseEdge
+
+        edge = ReverseEdge(services.policy.reverse["rev"], services)
+    else:
+        edge = ForwardEdge(services.policy.listeners["fwd"], services)
 
     class Acceptor(StreamServer):
         def do_read(self):
@@ -97,8 +131,8 @@ listeners:
     req = (b"GET http://127.0.0.1:%d/100b HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % (oport, oport)
            + (BROWSER if args.browser else b"") + b"\r\n")
 
-    if args.direct:
-        pport = oport
+    if args.direct or args.reverse:
+        pport = oport if args.direct else pport
         req = b"GET /100b HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % oport + \
             (BROWSER if args.browser else b"") + b"\r\n"
 

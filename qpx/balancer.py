@@ -35,11 +35,14 @@ monotonic = time.monotonic
 
 class Endpoint:
     __slots__ = ("hop", "label", "fails", "down_until", "inflight", "threshold", "cooldown",
-                 "on_change")
+                 "on_change", "authority_b", "base_b", "target")
 
     def __init__(self, hop: Hop, threshold: int, cooldown: float):
         self.hop = hop
         self.label = hop.authority
+        self.authority_b = hop.authority.encode()  # Host when preserve_host is off
+        self.base_b = hop.base_path.encode()  # the upstream URL's path prefix
+        self.target = None  # the edge's dial target, set by the edge that owns it
         self.fails = 0
         self.down_until = 0.0
         self.inflight = 0
@@ -83,6 +86,8 @@ class RouteBalancer:
                                  [Endpoint(h, hc.fail_threshold, hc.cooldown_ms / 1000.0)
                                   for h in b.hops]) for b in route.backends]
         self.total = sum(b.weight for b in self.backends)
+        every = self.endpoints()
+        self.single = every[0] if len(every) == 1 else None
 
     def endpoints(self) -> list[Endpoint]:
         return [e for b in self.backends for e in b.endpoints]
@@ -97,9 +102,12 @@ class RouteBalancer:
             point -= b.weight
         return self.backends
 
-    def pick(self, seed: int, tried: set[Endpoint]) -> Endpoint | None:
+    def pick(self, seed: int, tried) -> Endpoint | None:
         """A healthy endpoint, preferring ones not in ``tried``; None if none is healthy."""
         now = monotonic()
+        single = self.single
+        if single is not None:  # one upstream: nothing to choose
+            return single if now >= single.down_until else None
         for backend in self._order(seed):
             healthy = [e for e in backend.endpoints if e.healthy(now)]
             if not healthy:

@@ -235,6 +235,7 @@ class CompiledRoute:
         self.add_prefix = rw.add_prefix.rstrip("/") if rw and rw.add_prefix else None
         self.regex = (re.compile(rw.regex.pattern), rust_template(rw.regex.replace)) \
             if rw and rw.regex else None
+        self.rewrites = bool(self.strip_prefix or self.add_prefix or self.regex)
 
 
 class ReversePolicy:

@@ -47,6 +47,30 @@ class Target:
         self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class TargetCache:
+    """Targets of direct requests by (host, port): a forward edge sees the same few hosts
+    over and over, and a Target (pool key, label, Host bytes) is built once for each."""
+
+    __slots__ = ("guard", "_map")
+
+    def __init__(self, guard: bool):
+        self.guard = guard
+        self._map: dict[tuple[str, int | None], tuple[Target, bytes]] = {}
+
+    def get(self, host: str, port: int | None) -> tuple[Target, bytes]:
+        """(the Target, the authority as the request named it: Host bytes)."""
+        key = (host, port)
+        hit = self._map.get(key)
+        if hit is None:
+            if len(self._map) >= 4096:
+                self._map.clear()
+            h = f"[{host}]" if ":" in host else host
+            hit = (Target(host, port or 80, False, self.guard),
+                   (h if port is None else f"{h}:{port}").encode("ascii"))
+            self._map[key] = hit
+        return hit
+
+
 class Result:
     __slots__ = ("status", "bytes_in", "bytes_out", "upstream", "head_latency")
 
@@ -60,6 +84,7 @@ def dial(session: ClientSession, target: Target, deadline: float) -> Conn:
     """Resolve, guard and connect.  Raises HttpError (403/508) for refused targets and
     UpstreamError (502/504) when the upstream cannot be reached."""
     services = session.services
+    t0 = monotonic()
     try:
         addrs = services.dialer.addresses(target.host, target.port, deadline)
     except ResolveError as e:
@@ -75,13 +100,16 @@ def dial(session: ClientSession, target: Target, deadline: float) -> Conn:
             if ip is not None and is_local_destination(ip):
                 raise HttpError(403, f"destination {sockaddr[0]} is local", "forbidden")
     try:
-        return services.dialer.connect(addrs, deadline)
+        conn = services.dialer.connect(addrs, deadline)
     except DeadlineExceeded:
         raise UpstreamError(504, f"connecting to {target.label} timed out",
                             sent=False) from None
     except OSError as e:
         raise UpstreamError(502, f"connecting to {target.label}: {e.strerror or e}",
                             sent=False) from None
+    if services.metrics is not None:
+        services.metrics.upstream_connect(session.name, monotonic() - t0)
+    return conn
 
 
 def _read_response(up: Conn, deadline: float, max_head: int
@@ -377,6 +405,8 @@ def _upgraded(session: ClientSession, req: Request, conn: Conn, resp: Response, 
         session.buf = b""
         result.bytes_in += sent_up
         result.bytes_out += len(out) + sent_down
+        if services.metrics is not None:
+            services.metrics.tunnel_bytes(session.name, sent_up, sent_down)
     except (OSError, DeadlineExceeded):
         pass  # the tunnel ended by reset or idle timeout: both sides are closed below
     finally:

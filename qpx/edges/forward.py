@@ -27,7 +27,7 @@ from ..policy import ActionPlan, Decision, ListenerPolicy
 from ..relay import tunnel
 from ..rules import MatchContext
 from .base import ClientSession, HttpEdge, Services
-from .exchange import Target, dial, exchange
+from .exchange import Target, TargetCache, dial, exchange
 
 monotonic = time.monotonic
 
@@ -138,6 +138,7 @@ class ForwardEdge(HttpEdge):
         super().__init__(services, lp.name, lp.model.xdp, lp.trusted, lp.filter)
         self.lp = lp
         self.guard = not lp.model.allow_local_destinations
+        self.targets = TargetCache(self.guard)
 
     # ------------------------------------------------------------------ request
 
@@ -195,14 +196,14 @@ class ForwardEdge(HttpEdge):
         headers = None
         if decision.headers is not None and decision.headers.request is not None:
             headers = decision.headers.request.apply(req.headers)
-        host = authority(req.host, req.port)
+        direct, host = self.targets.get(req.host, req.port)
         target_path = req.path.encode("ascii")
         if action.via is not None:
             first = b"%s http://%s%s HTTP/1.1\r\n" % (req.method.encode(), host, target_path)
             target = Target(action.via.host, action.via.port, True, False)
         else:
             first = b"%s %s HTTP/1.1\r\n" % (req.method.encode(), target_path)
-            target = Target(req.host, port, False, self.guard)
+            target = direct
         head = request_head(req, first, host, services.policy.via, headers,
                             None if mf is None else mf - 1)
         resp_control = decision.headers.response if decision.headers is not None else None

@@ -41,6 +41,7 @@ monotonic = time.monotonic
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
 _SKIP = frozenset((b"host", b"expect", b"max-forwards", b"x-forwarded-for",
                    b"x-forwarded-proto", b"x-forwarded-host"))
+_SKIP_ALL = strip_set(frozenset()) | _SKIP
 
 
 def rewrite_path(route: CompiledRoute, target: str) -> str:
@@ -66,6 +67,7 @@ class ReverseEdge(HttpEdge):
         metrics = services.metrics
         for b in self.balancers:
             for e in b.endpoints():
+                e.target = Target(e.hop.host, e.hop.port, False, False)
                 if metrics is not None:
                     e.on_change = self._health_changed
                     metrics.upstream_health(rp.name, e.label, True)
@@ -121,7 +123,9 @@ class ReverseEdge(HttpEdge):
                 started: float, mf: int | None) -> bool:
         services = self.services
         balancer = self.balancers[route.index]
-        path = rewrite_path(route, req.path or "/")
+        path = req.path or "/"
+        if route.rewrites:
+            path = rewrite_path(route, path)
         headers = None
         if route.headers is not None and route.headers.request is not None:
             headers = route.headers.request.apply(req.headers)
@@ -129,26 +133,25 @@ class ReverseEdge(HttpEdge):
         # host, whatever Host says (routing already used it).
         client_host = authority(req.host, req.port) if req.form == "absolute" else \
             (req.get(b"host") or authority(req.host or "", req.port))
-        xff = b", ".join(([] if req.plain else req.values(b"x-forwarded-for"))
-                         + [session.client.ip.encode()])
-        extra_common = [b"X-Forwarded-For: " + xff + b"\r\n",
-                        b"X-Forwarded-Proto: http\r\n",
-                        b"X-Forwarded-Host: " + client_host + b"\r\n",
-                        b"Via: " + services.policy.via + b"\r\n"]
+        ip = session.client.ip.encode()
+        xff = ip if req.plain else b", ".join(req.values(b"x-forwarded-for") + [ip])
+        extra = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: %s\r\n%s" \
+            % (xff, client_host, services.policy.via_line)
         if mf is not None:
-            extra_common.append(b"Max-Forwards: %d\r\n" % (mf - 1))
+            extra += b"Max-Forwards: %d\r\n" % (mf - 1)
         if req.chunked:
-            extra_common.append(b"Transfer-Encoding: chunked\r\n")
+            extra += b"Transfer-Encoding: chunked\r\n"
         elif req.content_length is not None:
-            extra_common.append(b"Content-Length: %d\r\n" % req.content_length)
+            extra += b"Content-Length: %d\r\n" % req.content_length
         if req.upgrade is not None:
-            extra_common.append(b"Connection: Upgrade\r\nUpgrade: " + req.upgrade + b"\r\n")
-        skip = strip_set(req.conn_tokens) | _SKIP
+            extra += b"Connection: Upgrade\r\nUpgrade: " + req.upgrade + b"\r\n"
         response_control = route.headers.response if route.headers is not None else None
         seed = seed_for(session.client.ip, req.host, req.method, req.path) \
             if len(balancer.backends) > 1 else 0
         retryable = req.method in IDEMPOTENT and not req.has_body()
-        tried: set[Endpoint] = set()
+        method = req.method.encode()
+        target_path = path.encode()
+        tried: set[Endpoint] | tuple = ()
         attempt = 0
         while True:
             attempt += 1
@@ -157,24 +160,24 @@ class ReverseEdge(HttpEdge):
                 raise HttpError(503, "no healthy upstream", "no_healthy_upstream",
                                 headers=((b"retry-after", b"Retry-After",
                                           str(balancer.retry_after()).encode()),))
-            tried.add(endpoint)
-            hop = endpoint.hop
-            host = client_host if route.preserve_host else hop.authority.encode()
-            first = b"%s %s%s HTTP/1.1\r\n" % (req.method.encode(), hop.base_path.encode(),
-                                                path.encode())
+            host = client_host if route.preserve_host else endpoint.authority_b
             if headers is None and req.plain:
-                head = b"".join([first[:-2], req.forward_lines(), b"\r\nHost: ", host,
-                                 b"\r\n"] + extra_common + [b"\r\n"])
+                head = b"%s %s%s HTTP/1.1%s\r\nHost: %s\r\n%s\r\n" % (
+                    method, endpoint.base_b, target_path, req.forward_lines(), host, extra)
             else:
-                head = serialize(first, req.headers if headers is None else headers, skip,
-                                 [b"Host: " + host + b"\r\n"] + extra_common)
-            target = Target(hop.host, hop.port, False, False)
+                skip = strip_set(req.conn_tokens) | _SKIP if req.conn_tokens else _SKIP_ALL
+                head = serialize(b"%s %s%s HTTP/1.1\r\n" % (method, endpoint.base_b,
+                                                               target_path),
+                                 req.headers if headers is None else headers, skip,
+                                 [b"Host: " + host + b"\r\n", extra])
+            target = endpoint.target
             endpoint.inflight += 1
             try:
                 result = exchange(session, req, target, head, route.timeout, response_control,
                                   req.upgrade is not None)
             except UpstreamError as e:
                 endpoint.failure()
+                tried = tried | {endpoint} if tried else {endpoint}
                 can_retry = (not e.sent) or (retryable and e.before_response)
                 if attempt < route.attempts and can_retry:
                     if route.backoff:

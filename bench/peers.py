@@ -273,7 +273,7 @@ class HaproxyReverse(Peer):
         (self.dir / "haproxy.cfg").write_text(f"""
 global
   nbthread {threads}
-  maxconn 20000
+  maxconn 4000
 defaults
   mode http
   option http-keep-alive

@@ -2,10 +2,11 @@
 
 Layout (2-core box): the proxy under test on CPU 0; wrk, the bulk client and the nginx
 origin on CPU 1 — the same for every peer.  Each figure is the median of ``--runs``
-runs (default 3) of ``--seconds`` (default 5) with min–max; ratios are against peers
-measured in the same run.  Writes docs/benchmarks.md and docs/benchmarks.json.
+runs (default 5) of ``--seconds`` (default 5) with min–max, the peers of a section
+measured round-robin (run 1 of each, run 2 of each, ...) so drift hits all alike;
+ratios are against peers measured in the same run.  Writes docs/benchmarks.md and docs/benchmarks.json.
 
-    python bench/run.py [--runs 3] [--seconds 5] [--only forward,connect,...] [--quick]
+    python bench/run.py [--runs 5] [--seconds 5] [--only forward,connect,...] [--quick]
 """
 
 from __future__ import annotations
@@ -123,6 +124,39 @@ class Bench:
             peer.stop()
         return row
 
+    def interleaved(self, entries: list, once, prepare=None) -> list[dict]:
+        """Run ``once(peer)`` for every peer, round-robin, ``--runs`` times: all peers
+        are started first (idle ones cost nothing), so slow drift of this shared machine
+        hits every peer alike instead of whichever was measured last.  ``entries`` are
+        peers, or (peer, meta) pairs; ``prepare(peer)`` may add fields (the gate) once;
+        a ``None`` peer is the direct-to-origin row."""
+        rows, live = [], []
+        for entry in entries:
+            peer, meta = entry if isinstance(entry, tuple) else (entry, {})
+            row = {"peer": peer.name if peer is not None else "direct to origin", **meta,
+                   "runs": []}
+            rows.append(row)
+            if peer is not None:
+                try:
+                    peer.start()
+                except Exception as e:  # noqa: BLE001 - reported, not fatal
+                    row["unavailable"] = str(e)[:200]
+                    del row["runs"]
+                    peer.stop()
+                    continue
+                if prepare is not None:
+                    row.update(prepare(peer))
+            live.append((peer, row))
+        try:
+            for _ in range(self.args.runs):
+                for peer, row in live:
+                    row["runs"].append(once(peer))
+        finally:
+            for peer, _ in live:
+                if peer is not None:
+                    peer.stop()
+        return rows
+
     # ------------------------------------------------------------------ sections
 
     def forward_peers(self):
@@ -157,17 +191,16 @@ class Bench:
         env = {"ORIGIN": f"127.0.0.1:{self.origin.port}", "OBJ": "/100b",
                "BROWSER": "1" if browser else "0"}
         secs = self.args.seconds
-        rows = [{"peer": "direct to origin", "runs": self.repeat(
-            lambda: wrk(f"http://127.0.0.1:{self.origin.port}/100b", secs, script=False))}]
-        for peer in self.forward_peers():
-            if browser and peer.name not in ("qpxd", "squid"):
-                continue
+        peers = [p for p in self.forward_peers()
+                 if not browser or p.name in ("qpxd", "squid")]
 
-            def measure(p):
-                gate = correctness_gate(p.port, self.origin)
-                return {"gate": gate, "runs": self.repeat(
-                    lambda: wrk(f"http://127.0.0.1:{p.port}/", secs, script=True, env=env))}
-            rows.append(self.run_peer(peer, measure))
+        def once(p):
+            if p is None:
+                return wrk(f"http://127.0.0.1:{self.origin.port}/100b", secs, script=False)
+            return wrk(f"http://127.0.0.1:{p.port}/", secs, script=True, env=env)
+        rows = self.interleaved([None] + peers, once,
+                                prepare=lambda p: {"gate": correctness_gate(p.port,
+                                                                            self.origin)})
         for row in rows:
             if "runs" in row:
                 row["rps"] = summarize(row["runs"], "rps")
@@ -176,11 +209,13 @@ class Bench:
 
     def section_bulk(self, mode: str) -> list[dict]:
         secs = self.args.seconds
-        rows = [{"peer": "direct to origin", "runs": self.repeat(
-            lambda: bulk("direct", self.origin.port, secs))}]
-        for peer in (Qpxd(self.work, PROXY_CPU), Squid(self.work, PROXY_CPU)):
-            rows.append(self.run_peer(peer, lambda p: {"runs": self.repeat(
-                lambda: bulk(mode, self.origin.port, secs, p.port))}))
+
+        def once(p):
+            if p is None:
+                return bulk("direct", self.origin.port, secs)
+            return bulk(mode, self.origin.port, secs, p.port)
+        rows = self.interleaved([None, Qpxd(self.work, PROXY_CPU), Squid(self.work, PROXY_CPU)],
+                                once)
         for row in rows:
             if "runs" in row:
                 row["mb_s"] = summarize(row["runs"], "mb_s")
@@ -189,26 +224,22 @@ class Bench:
     def section_reverse(self) -> list[dict]:
         secs = self.args.seconds
         o = self.origin.port
-        peers = [Qpxd(self.work, PROXY_CPU, mode="reverse", origin_port=o, label="qpxd"),
-                 NginxReverse(self.work, PROXY_CPU, o), HaproxyReverse(self.work, PROXY_CPU, o),
-                 Qpxd(self.work, None, mode="reverse", origin_port=o, workers=2,
-                      acceptors=1, label="qpxd 2w"),
-                 NginxReverse(self.work, None, o, workers=2),
-                 HaproxyReverse(self.work, None, o, threads=2)]
-        rows = []
-        for peer in peers:
-            def measure(p):
-                runs = []
-                for _ in range(self.args.runs):
-                    pids = p.pids()
-                    c0 = cpu_seconds(pids)
-                    r = wrk(f"http://127.0.0.1:{p.port}/100b", secs, script=False,
-                            cpu=LOAD_CPU if p.cpu is not None else None)
-                    r["cpu_s"] = cpu_seconds(pids) - c0
-                    r["req_per_cpu_s"] = r["rps"] * secs / max(r["cpu_s"], 1e-9)
-                    runs.append(r)
-                return {"runs": runs}
-            rows.append(self.run_peer(peer, measure))
+        pinned = [Qpxd(self.work, PROXY_CPU, mode="reverse", origin_port=o, label="qpxd"),
+                  NginxReverse(self.work, PROXY_CPU, o), HaproxyReverse(self.work, PROXY_CPU, o)]
+        floating = [Qpxd(self.work, None, mode="reverse", origin_port=o, workers=2,
+                         acceptors=1, label="qpxd 2w"),
+                    NginxReverse(self.work, None, o, workers=2),
+                    HaproxyReverse(self.work, None, o, threads=2)]
+
+        def once(p):
+            pids = p.pids()
+            c0 = cpu_seconds(pids)
+            r = wrk(f"http://127.0.0.1:{p.port}/100b", secs, script=False,
+                    cpu=LOAD_CPU if p.cpu is not None else None)
+            r["cpu_s"] = cpu_seconds(pids) - c0
+            r["req_per_cpu_s"] = r["rps"] * secs / max(r["cpu_s"], 1e-9)
+            return r
+        rows = self.interleaved(pinned, once) + self.interleaved(floating, once)
         for row in rows:
             if "runs" in row:
                 for key in ("rps", "p99_ms", "req_per_cpu_s"):
@@ -218,13 +249,10 @@ class Bench:
     def section_scaling(self) -> list[dict]:
         secs = self.args.seconds
         env = {"ORIGIN": f"127.0.0.1:{self.origin.port}", "OBJ": "/100b"}
-        rows = []
-        for workers, acceptors in ((1, 1), (2, 1), (2, 2)):
-            peer = Qpxd(self.work, None, workers=workers, acceptors=acceptors,
-                        label=f"qpxd {workers}w x {acceptors}a")
-            rows.append(self.run_peer(peer, lambda p: {"runs": self.repeat(
-                lambda: wrk(f"http://127.0.0.1:{p.port}/", secs, script=True, env=env,
-                            cpu=None))}, workers=workers, acceptors=acceptors))
+        entries = [(Qpxd(self.work, None, workers=w, acceptors=a, label=f"qpxd {w}w x {a}a"),
+                    {"workers": w, "acceptors": a}) for w, a in ((1, 1), (2, 1), (2, 2))]
+        rows = self.interleaved(entries, lambda p: wrk(f"http://127.0.0.1:{p.port}/", secs,
+                                                       script=True, env=env, cpu=None))
         for row in rows:
             if "runs" in row:
                 row["rps"] = summarize(row["runs"], "rps")
@@ -253,12 +281,10 @@ class Bench:
     def section_rules(self) -> list[dict]:
         secs = self.args.seconds
         env = {"ORIGIN": f"127.0.0.1:{self.origin.port}", "OBJ": "/100b"}
-        rows = []
-        for n in (10, 10000):
-            peer = Qpxd(self.work, PROXY_CPU, rules=blocklist(n - 1), label=f"qpxd {n} rules")
-            rows.append(self.run_peer(peer, lambda p: {"runs": self.repeat(
-                lambda: wrk(f"http://127.0.0.1:{p.port}/", secs, script=True, env=env))},
-                rules=n))
+        entries = [(Qpxd(self.work, PROXY_CPU, rules=blocklist(n - 1), label=f"qpxd {n} rules"),
+                    {"rules": n}) for n in (10, 10000)]
+        rows = self.interleaved(entries, lambda p: wrk(f"http://127.0.0.1:{p.port}/", secs,
+                                                       script=True, env=env))
         for row in rows:
             if "runs" in row:
                 row["rps"] = summarize(row["runs"], "rps")
@@ -397,7 +423,7 @@ def machine() -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--only", default="", help=f"comma list of {', '.join(SECTIONS)}")
     ap.add_argument("--idle-connections", type=int, default=10000)
@@ -415,7 +441,7 @@ def main() -> int:
     t0 = time.time()
     results = Bench(args).run()
     results["machine"] = machine()
-    results["command"] = "make bench" if not (args.only or args.quick or args.runs != 3
+    results["command"] = "make bench" if not (args.only or args.quick or args.runs != 5
                                               or args.seconds != 5) else \
         "python bench/run.py " + " ".join(sys.argv[1:])
     results["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t0))

@@ -89,6 +89,44 @@ def test_large_and_chunked_responses(qpxd, origin):
     assert b"origin o" in r.stdout
 
 
+def test_large_bodies_back_to_back_on_one_connection(qpxd, origin):
+    """Bodies longer than the first upstream read leave with the head in one write and
+    the rest streamed: every byte arrives, the connection stays in step, and the access
+    log counts head plus body."""
+    import json
+    o = origin()
+    port = free_port()
+    d = qpxd(forward_config(port))
+    sizes = [1_500_000, 70_000, 10, 2_000_000]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        buf = b""
+        for n in sizes:
+            s.sendall(b"GET http://%s/size/%d HTTP/1.1\r\nHost: %s\r\n\r\n"
+                      % (o.addr.encode(), n, o.addr.encode()))
+            while b"\r\n\r\n" not in buf:
+                buf += s.recv(65536)
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            assert b"Content-Length: %d" % n in head, head
+            while len(buf) < n:
+                chunk = s.recv(1 << 20)
+                assert chunk, "closed mid-body"
+                buf += chunk
+            body, buf = buf[:n], buf[n:]
+            assert body == (b"0123456789abcdef" * (n // 16 + 1))[:n]
+        assert buf == b""
+    deadline = time.monotonic() + 5
+    lines = []
+    while time.monotonic() < deadline:
+        lines = [json.loads(ln) for ln in d.out().splitlines()
+                 if ln.startswith("{") and '/size/' in ln]
+        if len(lines) == len(sizes):
+            break
+        time.sleep(0.1)
+    assert [e["status"] for e in lines] == [200] * len(sizes), d.out()[-600:]
+    for e, n in zip(lines, sizes):
+        assert n < e["bytes_out"] < n + 400, (n, e)
+
+
 def test_rules_block_respond_and_default(qpxd, origin):
     o = origin()
     port = free_port()

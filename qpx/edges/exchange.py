@@ -355,10 +355,18 @@ def _exchange(session: ClientSession, req: Request, target: Target, head: bytes,
                 parser.feed_body(body)  # llhttp stays in step: reuse it next time
                 conn.parser = parser
         else:
-            client.sendall(out_head, services.send_timeout)
-            result.bytes_out = len(out_head)
+            length = resp.content_length or 0
+            if framing == "length" and out_framing == "length" and rest:
+                # The body bytes that came with the head leave with it: one write.
+                client.sendall(out_head + rest, services.send_timeout)
+                result.bytes_out = len(out_head) + len(rest)
+                length -= len(rest)
+                rest = b""
+            else:
+                client.sendall(out_head, services.send_timeout)
+                result.bytes_out = len(out_head)
             leftover, n = relay_body(
-                conn, client, rest, framing, resp.content_length or 0, out_framing,
+                conn, client, rest, framing, length, out_framing,
                 idle=timeout if timeout > services.body_timeout else services.body_timeout,
                 send_timeout=services.send_timeout, pool=services.buffers,
                 max_trailer=services.limits.max_head)

@@ -257,7 +257,7 @@ class Arbiter:
             pending -= self._ready
             if not pending:
                 return None
-            if any(s in STOP_SIGNALS for s in self.sig_queue):
+            if self._stop_queued():
                 return "a stop signal arrived"
             dead = [p for p in pending if p not in self.workers]
             if dead:
@@ -341,10 +341,16 @@ class Arbiter:
             self._sleep(0.05)
             self._reap(starting=set(pids))
 
+    def _stop_queued(self) -> bool:
+        return any(s in STOP_SIGNALS for s in self.sig_queue)
+
     def _exited(self, info: WorkerInfo, status: int, starting: set[int]) -> None:
         code = os.waitstatus_to_exitcode(status)
         lived = monotonic() - info.started
-        if info.kill_at or self.stopping or info.pid in starting:
+        # A stop signal still in the queue counts as stopping: a signal sent to the whole
+        # process group (Ctrl-C, systemd's control-group kill, make's propagation) can
+        # end the workers before the master has dispatched its own copy.
+        if info.kill_at or self.stopping or info.pid in starting or self._stop_queued():
             log.log(logging.DEBUG, "worker exited", pid=info.pid, worker=info.index,
                     generation=info.generation, code=code)
             return

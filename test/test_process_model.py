@@ -284,6 +284,30 @@ def test_term_lets_an_inflight_request_finish(qpxd, origin):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
+def test_group_wide_term_is_a_stop_not_a_crash(qpxd):
+    """Ctrl-C, systemd's control-group kill and make pass the signal to every process:
+    workers may be gone before the master dispatches its own copy.  Made deterministic
+    by holding the master stopped until both the worker exits and its TERM are pending."""
+    port = free_port()
+    d = qpxd(cfg_with(port, workers=2))
+    workers = d.workers()
+    os.kill(d.pid, signal.SIGSTOP)
+    try:
+        for w in workers:
+            os.kill(w, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(
+                open(f"/proc/{w}/stat").read().split(") ")[1][0] != "Z" for w in workers):
+            time.sleep(0.05)
+        os.kill(d.pid, signal.SIGTERM)
+    finally:
+        os.kill(d.pid, signal.SIGCONT)
+    assert d.proc.wait(15) == 0
+    log = d.log()
+    assert "graceful stop" in log
+    assert "respawning" not in log, log
+
+
 def test_pidfile_and_fast_stop(qpxd, tmp_path):
     port = free_port()
     pidfile = tmp_path / "qpxd.pid"

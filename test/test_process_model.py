@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -113,6 +114,30 @@ def test_worker_crash_loop_stops_the_master(qpxd, tmp_path):
     os.kill(d.workers()[0], signal.SIGKILL)
     assert d.proc.wait(30) == 1
     assert "died within 1s of start 5 times in a row" in d.log()
+
+
+def test_worker_that_never_gets_ready_is_killed_once_then_backed_off(qpxd, tmp_path):
+    """A respawned worker that hangs before serving (here: opening an access log FIFO
+    nobody reads) is killed after worker_timeout_ms - one kill and one log line per
+    worker - and respawned with a growing delay, as a crashing one would be."""
+    fifo = tmp_path / "access.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the first worker may open it
+    port = free_port()
+    cfg = cfg_with(port, workers=1, worker_timeout_ms=2000)
+    cfg["logging"] = {"level": "info", "format": "json", "access_log": str(fifo)}
+    d = qpxd(cfg)
+    os.close(reader)  # from now on a new worker blocks in open(): never ready
+    time.sleep(1.2)  # the first worker's death is no failed start: it lived past 1 s
+    os.kill(d.workers()[0], signal.SIGKILL)
+    d.wait_log("worker not ready in time", timeout=20, count=2)
+    d.wait_log("worker died; respawning", timeout=10, count=3)
+    lines = [json.loads(x) for x in d.log().splitlines() if x.startswith("{")]
+    killed = [x["pid"] for x in lines if x.get("msg") == "worker not ready in time; killing"]
+    assert len(killed) == len(set(killed)), killed  # one kill line per hung worker
+    delays = [x["delay_s"] for x in lines if x.get("msg") == "worker died; respawning"]
+    assert delays[:3] == [0.0, 0.1, 0.2], delays  # back-off grows while starts fail
+    assert alive(d.pid)
 
 
 def test_hup_with_broken_config_changes_nothing(qpxd, origin):

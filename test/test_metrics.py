@@ -218,7 +218,7 @@ def test_text_logs_and_refusals_are_logged(qpxd):
     assert " info " in d.log() and "qpxd ready" in d.log()
 
 
-def test_every_connection_closed_before_http_logs_why(qpxd):
+def test_every_connection_closed_before_http_logs_why(qpxd, origin):
     port = free_port()
     cfg = forward_config(port)
     cfg["runtime"] = {"http_header_read_timeout_ms": 300}
@@ -242,3 +242,25 @@ def test_every_connection_closed_before_http_logs_why(qpxd):
                        ("eof", "closed without sending a request"),
                        ("timeout", "no request within 0.3s")], reasons
     assert all(x["listener"] == "fwd" and x["peer"].startswith("127.0.0.1:") for x in closed)
+
+    # After a served request the same drop is no "closed before HTTP": its own line.
+    o = origin()
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.settimeout(5)
+        s.sendall(b"GET http://%s/ HTTP/1.1\r\nHost: %s\r\n\r\n" % ((o.addr.encode(),) * 2))
+        got = b""
+        while b"origin o" not in got:
+            chunk = s.recv(4096)
+            assert chunk, got
+            got += chunk
+        assert got.startswith(b"HTTP/1.1 200")
+        s.sendall(b"GET http://x/ HTTP/1.1\r\nHo")
+        time.sleep(0.1)
+    deadline = time.monotonic() + 5
+    mid = []
+    while time.monotonic() < deadline and not mid:
+        lines = [json.loads(x) for x in d.log().splitlines() if x.startswith("{")]
+        mid = [x for x in lines if x.get("msg") == "client closed inside a request head"]
+        time.sleep(0.1)
+    assert [(x["reason"], x["served"]) for x in mid] == [("eof", 1)], mid
+    assert len([x for x in lines if x.get("msg") == "connection closed before HTTP"]) == 3

@@ -188,7 +188,11 @@ def closed_before_http(name: str, client: Client, reason: str, detail: str) -> N
 
 
 class ClientGone(Exception):
-    """The client closed or broke the connection."""
+    """The client closed (``kind`` "eof") or broke ("reset") the connection."""
+
+    def __init__(self, detail: str, kind: str = "eof"):
+        super().__init__(detail)
+        self.kind = kind
 
 
 class ClientSession:
@@ -224,12 +228,19 @@ class ClientSession:
         if not data:
             if self.requests:
                 now = self.idle_since = monotonic()
-                conn.deadline = now + (DRAIN_GRACE if services.stopping
-                                       else services.keepalive_timeout)
+                conn.deadline = now + (min(DRAIN_GRACE, services.keepalive_timeout)
+                                       if services.stopping else services.keepalive_timeout)
                 services.idle.add(self)
                 try:
                     data = conn.recv_later()
-                except (DeadlineExceeded, OSError):
+                except DeadlineExceeded:
+                    # A request that arrived with the deadline (or with a drain's
+                    # close) is still served rather than reset.
+                    try:
+                        data = conn.recv_nowait()
+                    except OSError:
+                        return None
+                except OSError:
                     return None
                 finally:
                     services.idle.discard(self)
@@ -273,7 +284,7 @@ class ClientSession:
             raise HttpError(408, "request head not complete before the deadline",
                             "bad_request") from None
         except OSError as e:
-            raise ClientGone(str(e)) from None
+            raise ClientGone(str(e), "reset") from None
 
     # ------------------------------------------------------------------ responses
 
@@ -380,8 +391,12 @@ class HttpEdge:
             except ClientGone as e:
                 if req is not None:
                     session.log_request(req, 499, started, reason=str(e))
+                elif session.requests <= 1:
+                    closed_before_http(session.name, session.client, e.kind, str(e))
                 else:
-                    closed_before_http(session.name, session.client, "eof", str(e))
+                    log.log(logging.INFO, "client closed inside a request head",
+                            listener=session.name, client=session.client.label,
+                            reason=e.kind, detail=str(e), served=session.requests - 1)
                 return
             if session.closing:
                 return

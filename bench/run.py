@@ -131,26 +131,32 @@ class Bench:
         peers, or (peer, meta) pairs; ``prepare(peer)`` may add fields (the gate) once;
         a ``None`` peer is the direct-to-origin row."""
         rows, live = [], []
-        for entry in entries:
-            peer, meta = entry if isinstance(entry, tuple) else (entry, {})
-            row = {"peer": peer.name if peer is not None else "direct to origin", **meta,
-                   "runs": []}
-            rows.append(row)
-            if peer is not None:
-                try:
-                    peer.start()
-                except Exception as e:  # noqa: BLE001 - reported, not fatal
-                    row["unavailable"] = str(e)[:200]
-                    del row["runs"]
-                    peer.stop()
-                    continue
-                if prepare is not None:
-                    row.update(prepare(peer))
-            live.append((peer, row))
         try:
+            for entry in entries:
+                peer, meta = entry if isinstance(entry, tuple) else (entry, {})
+                row = {"peer": peer.name if peer is not None else "direct to origin",
+                       **meta, "runs": []}
+                rows.append(row)
+                if peer is not None:
+                    try:
+                        peer.start()
+                    except Exception as e:  # noqa: BLE001 - reported, not fatal
+                        row["unavailable"] = str(e)[:200]
+                        del row["runs"]
+                        peer.stop()
+                        continue
+                live.append((peer, row))  # stopped below, whatever happens next
+                if peer is not None and prepare is not None:
+                    row.update(prepare(peer))
             for _ in range(self.args.runs):
                 for peer, row in live:
-                    row["runs"].append(once(peer))
+                    if "unavailable" in row:
+                        continue
+                    try:
+                        row["runs"].append(once(peer))
+                    except Exception as e:  # noqa: BLE001 - this peer's row only
+                        row["unavailable"] = f"a run failed: {e}"[:200]
+                        del row["runs"]
         finally:
             for peer, _ in live:
                 if peer is not None:

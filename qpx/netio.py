@@ -28,6 +28,7 @@ import termios
 import time
 from typing import Iterable
 
+from gevent import getcurrent
 from gevent.hub import get_hub
 
 monotonic = time.monotonic
@@ -46,8 +47,8 @@ class DeadlineExceeded(Exception):
 class Conn:
     """A non-blocking socket with its own watchers and an absolute deadline (0 = none)."""
 
-    __slots__ = ("sock", "fd", "_rw", "_ww", "_wait", "waiting", "wwaiting", "deadline",
-                 "closed", "_registry", "parser", "__weakref__")
+    __slots__ = ("sock", "fd", "_rw", "_ww", "_hub", "_wait", "_reader", "_rseq", "waiting",
+                 "wwaiting", "deadline", "closed", "_registry", "parser", "__weakref__")
 
     def __init__(self, sock: socket.socket, registry: "Sweeper | None" = None):
         sock.setblocking(False)
@@ -57,7 +58,10 @@ class Conn:
         loop = hub.loop
         self._rw = loop.io(fd, 1)
         self._ww = loop.io(fd, 2)
+        self._hub = hub
         self._wait = hub.wait
+        self._reader = None  # the greenlet waiting to read
+        self._rseq = 0  # counts read waits: an interrupt aimed at one wait hits no later one
         # A tunnel has one greenlet reading a connection while another writes to it, so
         # the read and the write waiter are kept apart: the sweeper and interrupt()
         # must reach both.
@@ -73,15 +77,40 @@ class Conn:
     # ------------------------------------------------------------------ waiting
 
     def _block(self, watcher) -> None:
-        """Wait for the read watcher (the only watcher the hot paths wait on)."""
+        """Wait for the read watcher (the only watcher the hot paths wait on).
+
+        Unlike ``hub.wait`` the read watcher is left running after the wake-up: with
+        epoll, libev turns every stop + start of an fd's only watcher into an
+        ``epoll_ctl(ADD)`` that fails with EEXIST - a wasted system call per wait, two
+        per proxied request.  A readiness event that finds nobody waiting stops the
+        watcher (the next wait starts it again), so an idle pooled connection does not
+        keep a level-triggered event spinning."""
         deadline = self.deadline
         if deadline and monotonic() >= deadline:
             raise DeadlineExceeded()
         self.waiting = watcher
+        self._reader = getcurrent()
+        self._rseq += 1
+        if not watcher.active:
+            watcher.start(self._readable)
         try:
-            self._wait(watcher)
+            self._hub.switch()
         finally:
+            self._reader = None
             self.waiting = None
+
+    def _readable(self) -> None:
+        """Read watcher callback, in the hub."""
+        reader = self._reader
+        if reader is None:
+            self._rw.stop()
+            return
+        try:
+            reader.switch()
+        except BaseException:  # as gevent's Waiter.switch does
+            import sys
+
+            self._hub.handle_error(reader, *sys.exc_info())
 
     def wait_readable(self) -> None:
         self._block(self._rw)
@@ -221,13 +250,18 @@ class Conn:
         """Throw ``error`` into every greenlet waiting on this connection (a reader,
         a writer, or both in a tunnel).  True when there was one."""
         woke = False
-        hub = None
-        for watcher in (self.waiting, self.wwaiting):
-            if watcher is not None:
-                hub = hub or get_hub()
-                hub.cancel_wait(watcher, error)
-                woke = True
+        if self._reader is not None:
+            self._hub.loop.run_callback(self._throw_reader, self._rseq, error)
+            woke = True
+        if self.wwaiting is not None:
+            self._hub.cancel_wait(self.wwaiting, error)
+            woke = True
         return woke
+
+    def _throw_reader(self, seq: int, error: BaseException) -> None:
+        reader = self._reader
+        if reader is not None and seq == self._rseq:  # still the wait it was aimed at
+            reader.throw(error)
 
 
 class Sweeper:

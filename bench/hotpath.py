@@ -113,19 +113,12 @@ reverse:
     else:
         edge = ForwardEdge(services.policy.listeners["fwd"], services)
 
-    class Acceptor(StreamServer):
-        def do_read(self):
-            s = self.socket
-            try:
-                fd, address = s._accept()
-            except BlockingIOError:
-                return None
-            return socket.socket(s.family, s.type, s.proto, fileno=fd), address
-
     lsock = socket.socket()
     lsock.bind(("127.0.0.1", 0))
     lsock.listen(128)
     lsock.setblocking(False)
+    from qpx.netio import Acceptor
+
     Acceptor(lsock, edge.handle).start()
     pport = lsock.getsockname()[1]
     req = (b"GET http://127.0.0.1:%d/100b HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % (oport, oport)

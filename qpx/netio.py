@@ -28,8 +28,11 @@ import termios
 import time
 from typing import Iterable
 
+import sys
+
 from gevent import getcurrent
 from gevent.hub import get_hub
+from gevent.server import StreamServer
 
 monotonic = time.monotonic
 _ioctl = fcntl.ioctl
@@ -108,8 +111,6 @@ class Conn:
         try:
             reader.switch()
         except BaseException:  # as gevent's Waiter.switch does
-            import sys
-
             self._hub.handle_error(reader, *sys.exc_info())
 
     def wait_readable(self) -> None:
@@ -263,6 +264,22 @@ class Conn:
         if reader is not None and seq == self._rseq:  # still the wait it was aimed at
             reader.throw(error)
 
+
+
+class Acceptor(StreamServer):
+    """One accept loop on one listening socket; hands out plain sockets (the edges wrap
+    them in :class:`Conn`), not gevent socket objects."""
+
+    def do_read(self):
+        sock = self.socket
+        try:
+            fd, address = sock._accept()
+        except BlockingIOError:
+            return None
+        return socket.socket(sock.family, sock.type, sock.proto, fileno=fd), address
+
+    def do_close(self, sock, *args):
+        sock.close()
 
 class Sweeper:
     """One per worker: every ``interval`` seconds, wake connections whose deadline passed."""

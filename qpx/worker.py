@@ -122,24 +122,9 @@ def run_worker(spec: WorkerSpec) -> int:
     import gevent
     import gevent.event
     import gevent.pool
-    from gevent.server import StreamServer
 
     from .edges.base import Services
-
-    class Acceptor(StreamServer):
-        """One accept loop on one inherited socket; hands out plain sockets (the edges
-        wrap them in :class:`qpx.netio.Conn`), not gevent socket objects."""
-
-        def do_read(self):
-            sock = self.socket
-            try:
-                fd, address = sock._accept()
-            except BlockingIOError:
-                return None
-            return socket.socket(sock.family, sock.type, sock.proto, fileno=fd), address
-
-        def do_close(self, sock, *args):
-            sock.close()
+    from .netio import Acceptor
 
     log.open_access(cfg.logging.access_log, cfg.logging.format)
     hub = gevent.get_hub()

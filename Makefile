@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: help run test soak bench check install system-deps irq-plan clean
+.PHONY: help run test lint soak bench check install system-deps irq-plan clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -39,7 +39,10 @@ check: install ## validate etc/qpx.yaml and every example
 system-deps: ## install the system packages the tests use (root + apt; skips what is present)
 	@scripts/system-deps test
 
-test: install system-deps ## run the test suite (bounded: soak/load tests excluded)
+lint: install ## ruff: lint and import order (config in pyproject.toml)
+	$(VENV)/bin/ruff check qpx test bench
+
+test: install system-deps lint ## ruff, then the test suite (bounded: soak/load tests excluded)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 soak: install system-deps ## the long soak and load tests

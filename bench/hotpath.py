@@ -45,15 +45,16 @@ def main() -> None:
                     help="the client talks to the origin itself (the baseline to subtract)")
     args = ap.parse_args()
 
+    import tempfile
+
     import gevent
     from gevent import socket as gsocket
     from gevent.server import StreamServer
 
     from qpx.config import load_config
-    from qpx.edges.base import Services
     from qpx.edges.forward import ForwardEdge
+    from qpx.edges.services import Services
     from qpx.policy import compile_config
-    import tempfile
 
     def origin(sock, addr):
         buf = b""
@@ -70,17 +71,17 @@ def main() -> None:
     osrv.start()
     oport = osrv.server_port
     cfg_file = Path(tempfile.mkdtemp()) / "q.yaml"
-    cfg_file.write_text(f"""
+    cfg_file.write_text("""
 version: 1
-logging: {{access_log: null}}
+logging: {access_log: null}
 listeners:
   - name: fwd
     mode: forward
     listen: "127.0.0.1:1"
-    default_action: {{type: block}}
+    default_action: {type: block}
     allow_local_destinations: true
     rules:
-      - {{name: loopback, match: {{src_ip: ["127.0.0.0/8"]}}, action: {{type: direct}}}}
+      - {name: loopback, match: {src_ip: ["127.0.0.0/8"]}, action: {type: direct}}
 """)
     if args.rules > 1:
         import yaml

@@ -87,10 +87,13 @@ class Peer:
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    env: dict | None = None  # extra environment variables
+
     def start(self) -> "Peer":
         log = open(self.dir / "stderr.log", "ab")
+        env = {**os.environ, **self.env} if self.env else None
         self.proc = subprocess.Popen(pinned(self.command(), self.cpu), stdout=log, stderr=log,
-                                     cwd=self.dir, start_new_session=True)
+                                     cwd=self.dir, start_new_session=True, env=env)
         wait_port(self.port)
         time.sleep(0.3)
         return self
@@ -154,8 +157,10 @@ class Qpxd(Peer):
     def __init__(self, workdir: Path, cpu: int | None, *, mode: str = "forward",
                  origin_port: int = 0, workers: int = 1, acceptors: int = 1,
                  rules: list | None = None, label: str | None = None,
-                 metrics: bool = False):
+                 metrics: bool = False, root: Path = ROOT, env: dict | None = None):
         self.name = label or "qpxd"
+        self.root = root  # the source tree to run (an A/B run compares two)
+        self.env = env
         super().__init__(workdir, cpu)
         self.metrics_port = free_port() if metrics else None
         rt = {"worker_threads": workers, "acceptor_tasks_per_listener": acceptors,
@@ -179,7 +184,7 @@ class Qpxd(Peer):
         (self.dir / "qpx.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
     def command(self) -> list[str]:
-        return [sys.executable, str(ROOT / "qpxd.py"), "-c", str(self.dir / "qpx.yaml")]
+        return [sys.executable, str(self.root / "qpxd.py"), "-c", str(self.dir / "qpx.yaml")]
 
     def workers(self) -> list[int]:
         return [p for p in self.pids() if p != self.proc.pid]

@@ -3,7 +3,6 @@ of issue 11 checked against ratios measured in the same run."""
 
 from __future__ import annotations
 
-
 # Structural limits behind targets this 2-core box does not reach (not figures: those
 # are in the tables, which every run rewrites).
 LIMITS = (

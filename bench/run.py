@@ -4,7 +4,8 @@ Layout (2-core box): the proxy under test on CPU 0; wrk, the bulk client and the
 origin on CPU 1 — the same for every peer.  Each figure is the median of ``--runs``
 runs (default 5) of ``--seconds`` (default 5) with min–max, the peers of a section
 measured round-robin (run 1 of each, run 2 of each, ...) so drift hits all alike;
-ratios are against peers measured in the same run.  Writes docs/benchmarks.md and docs/benchmarks.json.
+ratios are against peers measured in the same run.  Writes docs/benchmarks.md and
+docs/benchmarks.json.
 
     python bench/run.py [--runs 5] [--seconds 5] [--only forward,connect,...] [--quick]
 """

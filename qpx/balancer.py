@@ -15,40 +15,41 @@ a random phase of the interval, so the probes are spread, not in lockstep.
 - Within a backend: ``round_robin`` (over the healthy ones), ``least_conn`` (fewest
   in-flight requests, ties to the first) or ``random``.
 - Passive health: ``fail_threshold`` consecutive failures eject an upstream for
-  ``cooldown_ms``; a success (or a passing probe) restores it at once.  Active probes
-  only where ``health_check`` is configured: an HTTP GET of ``path`` expecting 2xx/3xx,
-  or a TCP connect when no path is set.
+  ``cooldown_ms``; a success (or a passing probe, :mod:`qpx.health`) restores it at once.
 """
 
 from __future__ import annotations
 
 import random
-import socket
 import time
 import zlib
 
 from .config.model import HealthCheck
 from .policy import CompiledRoute, Hop
+from .upstream import Target
 
 monotonic = time.monotonic
 
 
 class Endpoint:
+    """One upstream of a route in one worker: where to dial, and its health.
+    ``on_change(endpoint, healthy)`` is called when it is ejected or restored."""
+
     __slots__ = ("hop", "label", "fails", "down_until", "inflight", "threshold", "cooldown",
                  "on_change", "authority_b", "base_b", "target")
 
-    def __init__(self, hop: Hop, threshold: int, cooldown: float):
+    def __init__(self, hop: Hop, threshold: int, cooldown: float, on_change=None):
         self.hop = hop
         self.label = hop.authority
         self.authority_b = hop.authority.encode()  # Host when preserve_host is off
         self.base_b = hop.base_path.encode()  # the upstream URL's path prefix
-        self.target = None  # the edge's dial target, set by the edge that owns it
+        self.target = Target(hop.host, hop.port, via_proxy=False, guard=False)
         self.fails = 0
         self.down_until = 0.0
         self.inflight = 0
         self.threshold = threshold
         self.cooldown = cooldown
-        self.on_change = None
+        self.on_change = on_change
 
     def healthy(self, now: float) -> bool:
         return now >= self.down_until
@@ -78,13 +79,17 @@ class Backend:
 
 
 class RouteBalancer:
-    def __init__(self, route: CompiledRoute):
+    """The upstreams of one route (per worker).  ``on_change`` is handed to every
+    :class:`Endpoint` (health metrics)."""
+
+    def __init__(self, route: CompiledRoute, on_change=None):
         hc = route.health or HealthCheck()
         self.route = route
         self.lb = route.lb
         self.backends = [Backend(b.name, b.weight,
-                                 [Endpoint(h, hc.fail_threshold, hc.cooldown_ms / 1000.0)
-                                  for h in b.hops]) for b in route.backends]
+                                 [Endpoint(h, hc.fail_threshold, hc.cooldown_ms / 1000.0,
+                                           on_change) for h in b.hops])
+                         for b in route.backends]
         self.total = sum(b.weight for b in self.backends)
         every = self.endpoints()
         self.single = every[0] if len(every) == 1 else None
@@ -129,50 +134,3 @@ class RouteBalancer:
 
 def seed_for(client_ip: str, host: str | None, method: str, path: str | None) -> int:
     return zlib.crc32(f"{client_ip}|{host or ''}|{method}|{path or ''}".encode())
-
-
-def probe(hop: Hop, hc: HealthCheck) -> bool:
-    """One active check: TCP connect, or an HTTP GET expecting 2xx/3xx.  Blocking calls
-    on a gevent socket (the worker runs this in its own greenlet)."""
-    from gevent import socket as gsocket
-
-    try:
-        with gsocket.create_connection((hop.host, hop.port), timeout=hc.timeout_ms / 1000.0) \
-                as s:
-            if hc.path is None:
-                return True
-            s.settimeout(hc.timeout_ms / 1000.0)
-            s.sendall(b"GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: qpxd-health\r\n"
-                      b"Connection: close\r\n\r\n" % (hc.path.encode(), hop.authority.encode()))
-            line = b""
-            while b"\r\n" not in line and len(line) < 1024:
-                chunk = s.recv(1024)
-                if not chunk:
-                    break
-                line += chunk
-            parts = line.split(b" ", 2)
-            return len(parts) >= 2 and parts[0].startswith(b"HTTP/1.") and \
-                parts[1][:1] in (b"2", b"3") and len(parts[1]) == 3
-    except (OSError, socket.timeout):
-        return False
-
-
-def start_probes(balancer: RouteBalancer) -> list:
-    """Spawn one probe loop per endpoint of a route that has ``health_check``."""
-    import gevent
-
-    hc = balancer.route.health
-    if hc is None:
-        return []
-    interval = hc.interval_ms / 1000.0
-
-    def loop(endpoint: Endpoint) -> None:
-        gevent.sleep(random.uniform(0, interval))
-        while True:
-            if probe(endpoint.hop, hc):
-                endpoint.success()
-            else:
-                endpoint.failure()
-            gevent.sleep(interval)
-
-    return [gevent.spawn(loop, e) for e in balancer.endpoints()]

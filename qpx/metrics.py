@@ -11,20 +11,22 @@ increments land in plain per-process accumulators (one attribute add, ~0.05 µs)
 heartbeat (every 0.5 s) and the worker's exit flush them into the shared files.  A worker
 killed with SIGKILL loses at most its last half second of counts.
 
-Exposition (``metrics.listen``): ``/metrics`` in Prometheus text format and ``/health``
-(200 while the master runs its workers, a reload included; 503 while it starts or
-stops).  Loopback clients
-are always allowed, others only inside ``metrics.allow`` (403 otherwise).
+Exposition: :func:`exposition` renders every process's files in Prometheus text
+format; :mod:`qpx.edges.status` serves it (and ``/health``) on ``metrics.listen``.
 """
 
 from __future__ import annotations
 
 import bisect
-import ipaddress
-import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                     2.5, 5.0, 10.0, 30.0)
@@ -225,67 +227,3 @@ def exposition() -> bytes:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     return generate_latest(registry)
-
-
-class MetricsEdge:
-    """Serves /metrics and /health on ``metrics.listen`` (tiny HTTP/1.1 server)."""
-
-    def __init__(self, services):
-        cfg = services.policy.config.metrics
-        self.services = services
-        self.path = cfg.path.encode()
-        self.allow = [ipaddress.ip_network(c) for c in cfg.allow]
-
-    def allowed(self, ip: str) -> bool:
-        addr = ipaddress.ip_address(ip)
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        return addr.is_loopback or any(addr in net for net in self.allow)
-
-    def handle(self, sock, address) -> None:
-        import gevent
-
-        from .http.errors import HttpError, phrase
-        from .http.request import Limits, RequestHeadParser
-        from .netio import Conn, DeadlineExceeded
-
-        conn = Conn(sock, self.services.sweeper)
-        try:
-            if not self.allowed(address[0]):
-                status, body, ctype = 403, b"forbidden\n", b"text/plain"
-            else:
-                parser = RequestHeadParser(Limits())
-                conn.deadline = time.monotonic() + 10
-                req = None
-                while req is None:
-                    data = conn.recv()
-                    if not data:
-                        return
-                    req = parser.feed(data)
-                path = (req.path or "").split("?")[0].encode()
-                if path == b"/health":
-                    from .scoreboard import RELOADING, RUNNING
-
-                    # 200 while the master has its workers — a reload included (the old
-                    # generation serves until the new one is ready); 503 while stopping.
-                    state, workers = self.services.scoreboard.master_state()
-                    ok = state in (RUNNING, RELOADING) and not self.services.stopping
-                    status = 200 if ok else 503
-                    body = b"ok\n" if ok else b"unavailable\n"
-                    ctype = b"text/plain"
-                elif path == self.path and req.method in ("GET", "HEAD"):
-                    m = self.services.metrics
-                    if m is not None:
-                        m.flush()
-                    body = gevent.get_hub().threadpool.apply(exposition)
-                    status, ctype = 200, b"text/plain; version=0.0.4; charset=utf-8"
-                else:
-                    status, body, ctype = 404, b"not found\n", b"text/plain"
-            conn.deadline = time.monotonic() + 10
-            conn.sendall(b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
-                         b"Connection: close\r\n\r\n%s"
-                         % (status, phrase(status).encode(), ctype, len(body), body))
-        except (HttpError, OSError, DeadlineExceeded):
-            pass
-        finally:
-            conn.close()

@@ -24,11 +24,10 @@ import array
 import errno
 import fcntl
 import socket
+import sys
 import termios
 import time
-from typing import Iterable
-
-import sys
+from collections.abc import Iterable
 
 from gevent import getcurrent
 from gevent.hub import get_hub
@@ -51,7 +50,7 @@ class Conn:
     """A non-blocking socket with its own watchers and an absolute deadline (0 = none)."""
 
     __slots__ = ("sock", "fd", "_rw", "_ww", "_hub", "_wait", "_reader", "_rseq", "waiting",
-                 "wwaiting", "deadline", "closed", "_registry", "parser", "__weakref__")
+                 "wwaiting", "deadline", "closed", "_registry", "__weakref__")
 
     def __init__(self, sock: socket.socket, registry: "Sweeper | None" = None):
         sock.setblocking(False)
@@ -72,7 +71,6 @@ class Conn:
         self.wwaiting = None  # the write watcher while a greenlet waits on it
         self.deadline = 0.0
         self.closed = False
-        self.parser = None  # an upstream's response parser, kept while it is in sync
         self._registry = registry
         if registry is not None:
             registry.conns.add(self)

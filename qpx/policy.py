@@ -25,7 +25,8 @@ import netaddr
 
 from .config import model as m
 from .config.errors import ConfigError, Issue
-from .http.headers import CompiledHeaderControl, rust_template
+from .http import writer
+from .http.headers import HeaderOps, rust_template
 from .rules import MatchContext, RuleSet, parse_ip
 
 # --------------------------------------------------------------------------- pieces
@@ -52,6 +53,27 @@ class LocalReply:
             headers = [h for h in headers if h[0] != ln]
             headers.append((ln, name.encode("latin-1"), value.encode("latin-1")))
         return cls(lr.status, tuple(headers), body)
+
+
+class CompiledHeaderControl:
+    """A rule's or route's header control, compiled to byte operations once:
+    ``request`` and ``response`` are :class:`~qpx.http.headers.HeaderOps` or None."""
+
+    __slots__ = ("request", "response")
+
+    def __init__(self, hc: m.HeaderControl):
+        self.request = HeaderOps(
+            hc.request_set, hc.request_add, hc.request_remove,
+            [(r.header, r.pattern, r.replace) for r in hc.request_regex_replace]) \
+            if hc.has_request() else None
+        self.response = HeaderOps(
+            hc.response_set, hc.response_add, hc.response_remove,
+            [(r.header, r.pattern, r.replace) for r in hc.response_regex_replace]) \
+            if hc.has_response() else None
+
+    @classmethod
+    def compile(cls, hc: m.HeaderControl | None) -> "CompiledHeaderControl | None":
+        return cls(hc) if hc is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,8 +285,8 @@ class Policy:
         self.reverse = {r.name: ReversePolicy(cfg, r) for r in cfg.reverse}
         self.messages = {k: getattr(cfg.messages, k).encode("utf-8")
                          for k in m.Messages.__dataclass_fields__}
-        self.via = b"1.1 " + cfg.identity.proxy_name.encode("ascii")
-        self.via_line = b"Via: " + self.via + b"\r\n"
+        self.via = writer.via_value(cfg.identity.proxy_name)
+        self.via_line = writer.via_line(self.via)
         self.proxy_name = cfg.identity.proxy_name.lower().encode("ascii")
         self.realm = cfg.identity.auth_realm.encode("latin-1")
 
@@ -273,7 +295,8 @@ def compile_config(cfg: m.Config) -> Policy:
     """Compile every rule set of ``cfg``; a failure is reported as a ConfigError."""
     try:
         return Policy(cfg)
-    except (ValueError, re.error, netaddr.AddrFormatError) as e:  # validated before; belt and braces
+    except (ValueError, re.error, netaddr.AddrFormatError) as e:  # validated before: belt
+        # and braces
         raise ConfigError([Issue(cfg.sources[0] if cfg.sources else "<config>", "<compile>",
                                  f"cannot compile the configuration: {e}")]) from e
 

@@ -340,6 +340,14 @@ def _v2_endpoints(header: bytes, width: int) -> tuple[tuple[str, int], tuple[str
 # --------------------------------------------------------------------- parser
 
 
+def could_be_header(data: bytes, version: int) -> bool:
+    """Whether ``data`` is (the start of) a PROXY header of ``version``: a peer for which
+    metadata is optional may be a plain client, whose bytes are then served as its own."""
+    sig = _V1_PREFIX if version == 1 else _V2_SIGNATURE
+    n = min(len(data), len(sig))
+    return data[:n] == sig[:n]
+
+
 def _bad_start(head: bytes, expected: bytes, version: int) -> ProxyProtocolError:
     """The header's fixed opening (v1 "PROXY ", v2 signature) does not match."""
     if head[0] != expected[0]:

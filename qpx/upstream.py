@@ -6,10 +6,13 @@
 - :func:`is_local_destination` is the SSRF guard of reliability-anchors qpxd-R24:
   loopback, unspecified, link-local and multicast targets are refused unless a listener
   sets ``allow_local_destinations``.
+- :class:`Target` names where a request goes (the endpoint to dial, its pool key and
+  log label); :class:`TargetCache` builds them once per host for the forward edge.
 - :class:`ConnectionPool` keeps idle keep-alive upstream connections per key, most
-  recently used first, drops them after ``idle_timeout`` and checks a connection is still
-  open (no EOF, no stray bytes) before lending it.  Only connections whose last exchange
-  was framed without any doubt are ever returned to it (qpxd-R16).
+  recently used first, each with the response parser that stayed in step with it,
+  drops them after ``idle_timeout`` and checks a connection is still open (no EOF, no
+  stray bytes) before lending it.  Only connections whose last exchange was framed
+  without any doubt are ever returned to it (qpxd-R16).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import ipaddress
 import socket
 import time
 
+from .http.writer import authority, hostport
 from .netio import Conn, DeadlineExceeded, Sweeper, open_connection
 
 monotonic = time.monotonic
@@ -66,6 +70,42 @@ def is_own_listener(own: set[tuple[str, int]], ip: str, port: int) -> bool:
     return False
 
 
+class Target:
+    """Where a request goes: the endpoint to dial and the pool key it shares."""
+
+    __slots__ = ("host", "port", "key", "guard", "label")
+
+    def __init__(self, host: str, port: int, via_proxy: bool, guard: bool):
+        self.host, self.port = host, port
+        # The guard is part of the key: a connection dialed for a listener that allows
+        # local destinations must never be lent to one that refuses them.
+        self.key = ("proxy", host, port) if via_proxy else (host, port, guard)
+        self.guard = guard  # refuse local destinations (SSRF guard)
+        self.label = hostport(host, port)
+
+
+class TargetCache:
+    """Targets of direct requests by (host, port): a forward edge sees the same few hosts
+    over and over, and a Target (pool key, label, Host bytes) is built once for each."""
+
+    __slots__ = ("guard", "_map")
+
+    def __init__(self, guard: bool):
+        self.guard = guard
+        self._map: dict[tuple[str, int | None], tuple[Target, bytes]] = {}
+
+    def get(self, host: str, port: int | None) -> tuple[Target, bytes]:
+        """(the Target, the authority as the request named it: Host bytes)."""
+        key = (host, port)
+        hit = self._map.get(key)
+        if hit is None:
+            if len(self._map) >= 4096:
+                self._map.clear()
+            hit = (Target(host, port or 80, False, self.guard), authority(host, port))
+            self._map[key] = hit
+        return hit
+
+
 class ResolveError(Exception):
     pass
 
@@ -111,21 +151,23 @@ class Resolver:
 
 
 class ConnectionPool:
-    """Idle upstream connections keyed by (host, port) or ("proxy", host, port)."""
+    """Idle upstream connections keyed by a :class:`Target`'s key, each lent with the
+    response parser (or None) that stayed in step with it."""
 
     def __init__(self, max_idle_per_key: int = 64, idle_timeout: float = 30.0):
         self.max_idle_per_key = max_idle_per_key
         self.idle_timeout = idle_timeout
-        self._idle: dict[tuple, list[tuple[float, Conn]]] = {}
+        self._idle: dict[tuple, list[tuple[float, Conn, object]]] = {}
 
-    def get(self, key: tuple) -> Conn | None:
+    def get(self, key: tuple) -> tuple[Conn, object] | None:
+        """(connection, its parser) or None."""
         stack = self._idle.get(key)
         if not stack:
             return None
         now = monotonic()
         limit = now - self.idle_timeout
         while stack:
-            since, conn = stack.pop()
+            since, conn, parser = stack.pop()
             # Bytes waiting on an idle connection mean the peer is out of step with us
             # (qpxd-R16): never lend it.  FIONREAD says so without an exception.  A
             # connection used within the last second skips the MSG_PEEK that detects
@@ -133,18 +175,18 @@ class ConnectionPool:
             # connection (nothing was received: safe to replay).
             if since >= limit and not conn.pending() and (now - since < 1.0
                                                           or conn.peek_alive()):
-                return conn
+                return conn, parser
             conn.close()
         return None
 
-    def put(self, key: tuple, conn: Conn) -> None:
+    def put(self, key: tuple, conn: Conn, parser=None) -> None:
         if conn.closed:
             return
         stack = self._idle.setdefault(key, [])
         if len(stack) >= self.max_idle_per_key:
             stack.pop(0)[1].close()
         conn.deadline = 0.0
-        stack.append((monotonic(), conn))
+        stack.append((monotonic(), conn, parser))
 
     def purge(self) -> int:
         """Close connections idle for longer than ``idle_timeout``; returns how many."""
@@ -152,8 +194,8 @@ class ConnectionPool:
         closed = 0
         for key in list(self._idle):
             stack = self._idle[key]
-            keep = [(t, c) for t, c in stack if t >= limit and not c.closed]
-            for t, c in stack:
+            keep = [e for e in stack if e[0] >= limit and not e[1].closed]
+            for t, c, _ in stack:
                 if t < limit:
                     c.close()
                     closed += 1
@@ -165,7 +207,7 @@ class ConnectionPool:
 
     def close_all(self) -> None:
         for stack in self._idle.values():
-            for _, conn in stack:
+            for _, conn, _ in stack:
                 conn.close()
         self._idle.clear()
 

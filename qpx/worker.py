@@ -97,9 +97,9 @@ def _handler_for(kind: str, name: str, services):
         from .edges.reverse import ReverseEdge
 
         return ReverseEdge(services.policy.reverse[name], services).handle
-    from .metrics import MetricsEdge
+    from .edges.status import StatusEdge
 
-    return MetricsEdge(services).handle
+    return StatusEdge(services).handle
 
 
 def _start_profile():
@@ -114,103 +114,119 @@ def _start_profile():
     return profile
 
 
-def run_worker(spec: WorkerSpec) -> int:
-    _reset_process(spec)
-    cfg = spec.config
-    log.set_role(f"worker {spec.index}")
+class Worker:
+    """One worker process's life after the fork: serve, beat, stop as asked."""
 
-    import gevent
-    import gevent.event
-    import gevent.pool
+    def __init__(self, spec: WorkerSpec):
+        import gevent.event
+        import gevent.pool
 
-    from .edges.base import Services
-    from .netio import Acceptor
+        from .edges.services import Services
 
-    log.open_access(cfg.logging.access_log, cfg.logging.format)
-    hub = gevent.get_hub()
-    hub.threadpool.maxsize = cfg.runtime.blocking_threads()
-    metrics = None
-    if cfg.metrics is not None:
-        from .metrics import WorkerMetrics
+        self.spec = spec
+        cfg = self.cfg = spec.config
+        log.open_access(cfg.logging.access_log, cfg.logging.format)
+        gevent.get_hub().threadpool.maxsize = cfg.runtime.blocking_threads()
+        self.metrics = None
+        if cfg.metrics is not None:
+            from .metrics import WorkerMetrics
 
-        metrics = WorkerMetrics(cfg.identity.metrics_prefix, spec.index)
-    services = Services(spec.policy, metrics)
-    services.own_addresses = spec.own_addresses
-    services.scoreboard = spec.scoreboard
-    pool = gevent.pool.Pool(cfg.runtime.max_concurrent_connections)
-    servers = []
-    metrics_servers = []
-    for ep in spec.endpoints:
-        handle = _handler_for(ep.kind, ep.name, services)
-        for i, sock in enumerate(ep.sockets):
-            sock.setblocking(False)
-            if metrics is not None:
-                handle_i = metrics.counting(handle, ep.name, i)
-            else:
-                handle_i = handle
-            server = Acceptor(sock, handle_i, spawn=pool)
-            server.start()
-            (metrics_servers if ep.kind == "metrics" else servers).append(server)
-    services.sweeper.start()
+            self.metrics = WorkerMetrics(cfg.identity.metrics_prefix, spec.index)
+        self.services = Services(spec.policy, self.metrics, spec.own_addresses,
+                                 spec.scoreboard)
+        self.pool = gevent.pool.Pool(cfg.runtime.max_concurrent_connections)
+        self.servers: list = []
+        self.status_servers: list = []
+        self.done = gevent.event.Event()
+        self.stopping = False
 
-    done = gevent.event.Event()
-    state = {"stopping": False}
+    def start_servers(self) -> None:
+        """One acceptor per inherited socket, spawning into the bounded pool."""
+        from .netio import Acceptor
 
-    def graceful() -> None:
-        if state["stopping"]:
+        metrics = self.metrics
+        for ep in self.spec.endpoints:
+            handle = _handler_for(ep.kind, ep.name, self.services)
+            for i, sock in enumerate(ep.sockets):
+                sock.setblocking(False)
+                handle_i = metrics.counting(handle, ep.name, i) if metrics is not None \
+                    else handle
+                server = Acceptor(sock, handle_i, spawn=self.pool)
+                server.start()
+                (self.status_servers if ep.kind == "metrics" else self.servers).append(server)
+        self.services.sweeper.start()
+
+    def graceful(self) -> None:
+        """TERM: stop accepting, drain, wait for in-flight requests, then stop."""
+        if self.stopping:
             return
-        state["stopping"] = True
-        for server in servers:
+        self.stopping = True
+        for server in self.servers:
             server.close()
-        services.drain()  # /health answers 503 from now on, until the last request ends
-        pool.join(timeout=cfg.runtime.graceful_timeout_ms / 1000.0)
-        for server in metrics_servers:
+        self.services.drain()  # /health answers 503 from now on, until the last request ends
+        self.pool.join(timeout=self.cfg.runtime.graceful_timeout_ms / 1000.0)
+        for server in self.status_servers:
             server.close()
-        if len(pool):
+        if len(self.pool):
             log.log(30, "graceful timeout: closing remaining connections",
-                    connections=len(pool))
-            pool.kill(timeout=1)
-        done.set()
+                    connections=len(self.pool))
+            self.pool.kill(timeout=1)
+        self.done.set()
 
+    @staticmethod
     def fast() -> None:
-        log.access() and log.access().flush()
+        access = log.access()
+        if access is not None:
+            access.flush()
         os._exit(0)
 
-    gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(graceful))
-    gevent.signal_handler(signal.SIGINT, fast)
-    gevent.signal_handler(signal.SIGQUIT, fast)
-    gevent.signal_handler(signal.SIGUSR1, log.reopen)
+    def heartbeat(self) -> None:
+        import gevent
 
-    def heartbeat() -> None:
+        spec = self.spec
         ticks = 0
-        while not done.is_set():
+        while not self.done.is_set():
             spec.scoreboard.beat(spec.entry, os.getpid(), spec.generation,
-                                 time.monotonic(), len(pool))
+                                 time.monotonic(), len(self.pool))
             access = log.access()
             if access is not None:
                 access.maybe_flush()
-            if metrics is not None:
-                metrics.flush()
+            if self.metrics is not None:
+                self.metrics.flush()
             ticks += 1
             if ticks % 10 == 0:
-                services.pool.purge()
-            if os.getppid() != spec.master_pid and not state["stopping"]:
+                self.services.pool.purge()
+            if os.getppid() != spec.master_pid and not self.stopping:
                 log.log(40, "master is gone; stopping")
-                gevent.spawn(graceful)
+                gevent.spawn(self.graceful)
             gevent.sleep(HEARTBEAT)
 
-    gevent.spawn(heartbeat)
-    profile = _start_profile()
-    os.write(spec.notify_fd, b"ready %d %d\n" % (os.getpid(), spec.generation))
-    done.wait()
-    if profile is not None:
-        profile.disable()
-        profile.dump_stats(f"{os.environ['QPXD_PROFILE']}.{os.getpid()}")
-    services.pool.close_all()
-    if metrics is not None:
-        metrics.flush()
-    access = log.access()
-    if access is not None:
-        access.flush()
-    sys.stdout.flush()
-    return 0
+    def run(self) -> int:
+        import gevent
+
+        self.start_servers()
+        gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(self.graceful))
+        gevent.signal_handler(signal.SIGINT, self.fast)
+        gevent.signal_handler(signal.SIGQUIT, self.fast)
+        gevent.signal_handler(signal.SIGUSR1, log.reopen)
+        gevent.spawn(self.heartbeat)
+        profile = _start_profile()
+        os.write(self.spec.notify_fd, b"ready %d %d\n" % (os.getpid(), self.spec.generation))
+        self.done.wait()
+        if profile is not None:
+            profile.disable()
+            profile.dump_stats(f"{os.environ['QPXD_PROFILE']}.{os.getpid()}")
+        self.services.pool.close_all()
+        if self.metrics is not None:
+            self.metrics.flush()
+        access = log.access()
+        if access is not None:
+            access.flush()
+        sys.stdout.flush()
+        return 0
+
+
+def run_worker(spec: WorkerSpec) -> int:
+    _reset_process(spec)
+    log.set_role(f"worker {spec.index}")
+    return Worker(spec).run()

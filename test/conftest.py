@@ -256,7 +256,7 @@ def raw_request(port: int, data: bytes, *, host: str = "127.0.0.1", timeout: flo
                 out += chunk
                 if not read_all:
                     break
-        except (socket.timeout, ConnectionResetError):
+        except (TimeoutError, ConnectionResetError):
             pass
         return out
 

@@ -57,7 +57,7 @@ def read_responses(sock: socket.socket, timeout: float = 5.0, max_responses: int
         nonlocal buf, closed
         try:
             chunk = sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             return False
         except ConnectionResetError:
             closed = True
@@ -102,7 +102,7 @@ def read_responses(sock: socket.socket, timeout: float = 5.0, max_responses: int
             try:
                 extra = sock.recv(65536)
                 closed = not extra
-            except socket.timeout:
+            except TimeoutError:
                 closed = False
             except ConnectionResetError:
                 closed = True

@@ -446,7 +446,7 @@ def test_access_log_records_refused_and_served(qpxd, origin):
     while time.monotonic() < deadline and d.out().count("\n") < 2:
         time.sleep(0.1)
     out = d.out()
-    assert '"target":"http://%s/logged"' % o.addr in out
+    assert f'"target":"http://{o.addr}/logged"' in out
     assert '"status":400' in out and '"reason":"a forward proxy needs' in out
 
 

@@ -639,14 +639,14 @@ def test_feed_after_error_is_a_caller_bug():
     with pytest.raises(RuntimeError):
         parser.feed(b"PROXY ")
     with pytest.raises(RuntimeError):
-        parser.remainder
+        _ = parser.remainder
 
 
 def test_remainder_only_after_success():
     parser = ProxyHeaderParser(2)
     assert parser.feed(SIG) is None
     with pytest.raises(RuntimeError):
-        parser.remainder
+        _ = parser.remainder
 
 
 def test_empty_feed_needs_more():

@@ -144,7 +144,7 @@ class Builder:
     def check_origin_url(self, path: tuple, url: str) -> None:
         try:
             u = urlsplit(url)
-            u.port
+            _ = u.port  # urlsplit checks the port only when asked
         except ValueError as e:
             self.err(path, f"invalid URL {url!r}: {e}")
             return
@@ -320,6 +320,31 @@ class Builder:
 
     # ------------------------------------------------------------------ reverse
 
+    def path_rewrite(self, rw: dict | None, path: tuple) -> m.PathRewrite | None:
+        if not rw:
+            return None
+        regex = None
+        if rw.get("regex"):
+            rp = path + ("regex",)
+            pattern, replace = rw["regex"]["pattern"], rw["regex"]["replace"]
+            if not pattern.strip():
+                self.err(rp + ("pattern",), "must not be empty")
+            self.check_regex(rp + ("pattern",), pattern)
+            if "?" in replace or "#" in replace:
+                self.err(rp + ("replace",), "must not contain '?' or '#'")
+            elif any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7f or not c.isascii()
+                     for c in replace):
+                self.err(rp + ("replace",), "must not contain whitespace, control or "
+                                            "non-ASCII characters (a request target "
+                                            "cannot carry them)")
+            self.check_replacement(rp + ("replace",), pattern, replace)
+            regex = m.PathRegex(pattern, replace)
+        for key in ("strip_prefix", "add_prefix"):
+            v = rw.get(key)
+            if v is not None and (not v.startswith("/") or any(c in v for c in "?# ")):
+                self.err(path + (key,), f"must be a path starting with '/', got {v!r}")
+        return m.PathRewrite(rw.get("strip_prefix"), rw.get("add_prefix"), regex)
+
     def route(self, raw: dict, path: tuple) -> m.Route:
         if (raw.get("cache") or {}).get("enabled", False):
             self.err(path + ("cache", "enabled"), UNSUPPORTED)
@@ -347,31 +372,7 @@ class Builder:
             backends.append(m.Backend(b.get("name"), b.get("weight", 100), ups))
         if raw.get("mirrors"):
             self.err(path + ("mirrors",), UNSUPPORTED)
-        rw = raw.get("path_rewrite")
-        rewrite = None
-        if rw:
-            regex = None
-            if rw.get("regex"):
-                rp = path + ("path_rewrite", "regex")
-                pattern, replace = rw["regex"]["pattern"], rw["regex"]["replace"]
-                if not pattern.strip():
-                    self.err(rp + ("pattern",), "must not be empty")
-                self.check_regex(rp + ("pattern",), pattern)
-                if "?" in replace or "#" in replace:
-                    self.err(rp + ("replace",), "must not contain '?' or '#'")
-                elif any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7f or not c.isascii()
-                         for c in replace):
-                    self.err(rp + ("replace",), "must not contain whitespace, control or "
-                                                "non-ASCII characters (a request target "
-                                                "cannot carry them)")
-                self.check_replacement(rp + ("replace",), pattern, replace)
-                regex = m.PathRegex(pattern, replace)
-            for key in ("strip_prefix", "add_prefix"):
-                v = rw.get(key)
-                if v is not None and (not v.startswith("/") or any(c in v for c in "?# ")):
-                    self.err(path + ("path_rewrite", key),
-                             f"must be a path starting with '/', got {v!r}")
-            rewrite = m.PathRewrite(rw.get("strip_prefix"), rw.get("add_prefix"), regex)
+        rewrite = self.path_rewrite(raw.get("path_rewrite"), path + ("path_rewrite",))
         retry = m.Retry(**raw["retry"]) if raw.get("retry") is not None else None
         hc = m.HealthCheck(**raw["health_check"]) if raw.get("health_check") is not None \
             else None
@@ -505,7 +506,7 @@ class Builder:
         addrs: dict[tuple, tuple] = {}
         entries = [(("listeners", i), l.name, l.listen) for i, l in enumerate(cfg.listeners)]
         entries += [(("reverse", i), r.name, r.listen) for i, r in enumerate(cfg.reverse)]
-        for path, name, listen in entries:
+        for path, name, _ in entries:
             if name in names:
                 self.err(path + ("name",), f"duplicate name {name!r} (also {dotted(names[name])})")
             names.setdefault(name, path)

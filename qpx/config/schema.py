@@ -124,7 +124,8 @@ def Listen(v):
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        raise Invalid(f"{host!r} is not an IP address (listen takes a literal address)")
+        raise Invalid(f"{host!r} is not an IP address (listen takes a literal address)") \
+            from None
     if m.group(1) and ip.version != 6:
         raise Invalid(f"brackets are for IPv6 addresses, got {v!r}")
     port = int(m.group(3))

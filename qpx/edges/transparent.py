@@ -31,6 +31,7 @@ import struct
 import time
 
 from .. import log
+from ..http import writer
 from ..http.errors import HttpError
 from ..http.request import Request
 from ..netio import Conn, DeadlineExceeded
@@ -38,9 +39,11 @@ from ..policy import ListenerPolicy
 from ..relay import tunnel
 from ..rules import MatchContext
 from ..tlssniff import ClientHelloSniffer, NotTls
-from .base import Client, ClientSession, HttpEdge, Services, prologue
-from .exchange import Target, dial, exchange
-from .forward import authority, connect_via, local_reply, request_head, via_loop
+from ..upstream import Target
+from .common import HttpEdge, answer_blocked, answer_local, connect_via, refuse_trace_and_loops
+from .exchange import UpstreamExchange, dial
+from .services import Services
+from .session import ClientSession
 
 monotonic = time.monotonic
 
@@ -76,30 +79,19 @@ class TransparentEdge(HttpEdge):
 
     # ------------------------------------------------------------------ connection
 
-    def handle(self, sock, address) -> None:
-        services = self.services
-        conn = Conn(sock, services.sweeper)
-        try:
-            client = Client(address, sock.getsockname())
-            initial = prologue(conn, client, services, self.name, self.xdp, self.trusted,
-                               self.filter)
-            if initial is None:
-                return
-            target = client.proxy_dst or original_destination(sock)
-            session = ClientSession(conn, services, client, self.name, initial)
-            session.target = target
-            data = self._sniff(conn, initial)
-            if not data:
-                self._raw(session, target)
-            elif data[0] == 0x16:
-                self._tls(session, target, data)
-            else:
-                session.buf = data
-                self.serve(session)
-        except (OSError, DeadlineExceeded):
-            pass
-        finally:
-            conn.close()
+    def start(self, session: ClientSession) -> None:
+        """Find the target, sniff the first bytes, and take the TLS, HTTP or raw path."""
+        conn = session.conn
+        target = session.client.proxy_dst or original_destination(conn.sock)
+        session.target = target
+        data = self._sniff(conn, session.buf)
+        if not data:
+            self._raw(session, target)
+        elif data[0] == 0x16:
+            self._tls(session, target, data)
+        else:
+            session.buf = data
+            self.serve(session)
 
     def _sniff(self, conn: Conn, data: bytes) -> bytes:
         """The first bytes the client sends within the peek timeout (b"" if none)."""
@@ -116,7 +108,7 @@ class TransparentEdge(HttpEdge):
     def _decide(self, session: ClientSession, port: int, host: str | None, sni: str | None):
         ctx = MatchContext(src_ip=session.client.key, dst_port=port, host=host, sni=sni)
         decision = self.lp.decide(ctx, self.services.policy.users)
-        self.count_rules(self.lp.ruleset)
+        self.count_rules(ctx)
         return decision
 
     def _refuse(self, session: ClientSession, started: float, why: str, rule=None) -> None:
@@ -127,11 +119,12 @@ class TransparentEdge(HttpEdge):
         """Dial the target (direct) or the upstream proxy and CONNECT through it."""
         via = decision.action.via
         if via is None:
-            return dial(session, Target(host, port, via_proxy=False, guard=self.guard),
-                        deadline), b""
-        up = dial(session, Target(via.host, via.port, via_proxy=True, guard=False), deadline)
+            return dial(self.services, self.name, Target(host, port, via_proxy=False,
+                                                         guard=self.guard), deadline), b""
+        up = dial(self.services, self.name, Target(via.host, via.port, via_proxy=True,
+                                                   guard=False), deadline)
         try:
-            rest = connect_via(self.services, up, authority(host, port), deadline)
+            rest = connect_via(self.services, up, writer.authority(host, port), deadline)
         except BaseException:
             up.close()
             raise
@@ -213,10 +206,7 @@ class TransparentEdge(HttpEdge):
         policy = services.policy
         if req.method == "CONNECT":
             raise HttpError(405, "CONNECT on a transparent listener", "forbidden")
-        if req.method == "TRACE" and not services.trace_enabled:
-            raise HttpError(405, "TRACE is disabled", "trace_disabled")
-        if via_loop(req, policy.proxy_name):
-            raise HttpError(508, "request already passed this proxy (Via)", "loop_detected")
+        refuse_trace_and_loops(req, services)
         if session.target is not None:
             host, port = session.target
         elif req.host:
@@ -227,34 +217,39 @@ class TransparentEdge(HttpEdge):
                            req.path, req)
         decision = self.lp.decide(ctx, policy.users, req.get(b"proxy-authorization")
                                   if self.lp.needs_auth else None)
-        self.count_rules(self.lp.ruleset)
+        self.count_rules(ctx)
         action = decision.action
+        control = decision.headers
         if decision.challenge or action.type == "block":
-            n = session.reply(403, [(b"content-type", b"Content-Type",
-                                     b"text/plain; charset=utf-8")],
-                              policy.messages["forbidden"], req, close=req.has_body())
-            session.log_request(req, 403, started, rule=decision.rule, action="block",
-                                bytes_out=n, reason="blocked")
-            return True
+            return answer_blocked(session, req, started, "forbidden", decision.rule,
+                                  "blocked")
         if action.type == "respond":
-            return local_reply(session, req, decision, started)
+            return answer_local(session, req, started, action.reply,
+                                control.response if control else None, decision.rule)
+        return self.forward(session, req, decision, started, host, port)
+
+    def forward(self, session: ClientSession, req: Request, decision, started: float,
+                host: str, port: int) -> bool:
+        services = self.services
+        action = decision.action
+        control = decision.headers
         headers = None
-        if decision.headers is not None and decision.headers.request is not None:
-            headers = decision.headers.request.apply(req.headers)
-        host_hdr = authority(req.host, req.port) if req.form == "absolute" else \
-            (req.get(b"host") or authority(host, port))
-        path = (req.path or "/").encode("ascii")
+        if control is not None and control.request is not None:
+            headers = control.request.apply(req.headers)
+        host_hdr = writer.authority(req.host, req.port) if req.form == "absolute" else \
+            (req.get(b"host") or writer.authority(host, port))
         if action.via is not None:
-            first = b"%s http://%s%s HTTP/1.1\r\n" % (req.method.encode(),
-                                                       authority(host, port), path)
+            absolute = writer.authority(host, port)
             target = Target(action.via.host, action.via.port, via_proxy=True, guard=False)
         else:
-            first = b"%s %s HTTP/1.1\r\n" % (req.method.encode(), path)
+            absolute = None
             target = Target(host, port, via_proxy=False, guard=self.guard)
-        head = request_head(req, first, host_hdr, policy.via, headers)
-        resp_control = decision.headers.response if decision.headers is not None else None
-        result = exchange(session, req, target, head, services.upstream_timeout, resp_control,
-                          req.upgrade is not None)
+        head = writer.request_head(req, req.method.encode(), (req.path or "/").encode("ascii"),
+                                   absolute, host_hdr, services.policy.via, headers)
+        result = UpstreamExchange(session, req, target,
+                                  control.response if control is not None else None,
+                                  req.upgrade is not None).run(head, services.upstream_timeout)
+        session.settle(result.client_rest, result.close)
         session.log_request(req, result.status, started, decision.rule, action.type,
                             result.bytes_in, result.bytes_out, result.upstream)
         return not session.closing

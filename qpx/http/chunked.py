@@ -23,7 +23,8 @@ _QSTRING = rb'"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t\x20-\x7e\x80-\xf
 _SIZE_LINE = re.compile(
     rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[ \t]*" + _TOKEN +
     rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QSTRING + rb"))?)*")
-_TRAILER_LINE = re.compile(_TOKEN + rb":[ \t]*[\x21-\x7e\x80-\xff]*(?:[ \t]+[\x21-\x7e\x80-\xff]+)*[ \t]*")
+_TRAILER_LINE = re.compile(_TOKEN + rb":[ \t]*[\x21-\x7e\x80-\xff]*"
+                           rb"(?:[ \t]+[\x21-\x7e\x80-\xff]+)*[ \t]*")
 
 _SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
 
@@ -133,8 +134,15 @@ class ChunkedDecoder:
         return pieces
 
 
-def encode_chunk_header(size: int) -> bytes:
-    return b"%x\r\n" % size
-
-
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+def encode_chunk(data) -> bytes:
+    """One chunk: size line, data, CRLF (``data`` must not be empty)."""
+    return b"%x\r\n" % len(data) + bytes(data) + b"\r\n"
+
+
+def encode_chunks(pieces, last: bool) -> bytes:
+    """Pieces re-framed as chunks (plus the last-chunk when ``last``)."""
+    out = b"".join(b"%x\r\n" % len(p) + bytes(p) + b"\r\n" for p in pieces if len(p))
+    return out + LAST_CHUNK if last else out

@@ -1,4 +1,4 @@
-"""Header lists: hop-by-hop stripping, header control, Via/Date, serialisation.
+"""Header lists: hop-by-hop stripping, header control, Date, serialisation (sans-IO).
 
 Headers travel as lists of ``(lowercased name, name, value)`` byte triples, in the
 peer's order and case.  Forwarding rebuilds every head from that list:
@@ -8,7 +8,8 @@ peer's order and case.  Forwarding rebuilds every head from that list:
   qpxd writes the framing of what it sends itself (qpxd-R12);
 - ``Proxy-Authorization`` is never forwarded; ``Via: 1.1 <proxy_name>`` is appended;
 - header control (rules and routes, spec §2.6) runs before stripping, per direction, in
-  the order set → add → remove → regex replace.
+  the order set → add → remove → regex replace (:class:`HeaderOps`, built once from
+  plain tuples by ``qpx.policy``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from __future__ import annotations
 import re
 import time
 from email.utils import formatdate
-
-from ..config.model import HeaderControl
 
 HOP_BY_HOP = frozenset((
     b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization",
@@ -70,16 +69,20 @@ def rust_template(template: str) -> str:
 _VALID_VALUE = re.compile(rb"^[\t\x20-\x7e\x80-\xff]*$")
 
 
-class _Direction:
+class HeaderOps:
+    """One direction of header control, as byte operations: set → add → remove →
+    regex replace.  ``sets``/``adds`` are (name, value) pairs, ``removes`` names,
+    ``regexes`` (header, pattern, Rust-style replacement) triples."""
+
     __slots__ = ("sets", "adds", "removes", "regexes")
 
-    def __init__(self, sets, adds, removes, regexes):
+    def __init__(self, sets=(), adds=(), removes=(), regexes=()):
         enc = lambda s: s.encode("latin-1")  # noqa: E731
         self.sets = [(enc(n.lower()), enc(n), enc(v)) for n, v in sets]
         self.adds = [(enc(n.lower()), enc(n), enc(v)) for n, v in adds]
         self.removes = frozenset(enc(n.lower()) for n in removes)
-        self.regexes = [(enc(r.header.lower()), re.compile(enc(r.pattern)),
-                         enc(rust_template(r.replace))) for r in regexes]
+        self.regexes = [(enc(h.lower()), re.compile(enc(p)), enc(rust_template(r)))
+                        for h, p, r in regexes]
 
     def apply(self, headers: Triples) -> Triples:
         if self.sets:
@@ -97,19 +100,3 @@ class _Direction:
             if _VALID_VALUE.match(value):
                 headers = [h for h in headers if h[0] != ln] + [(ln, first[1], value)]
         return headers
-
-
-class CompiledHeaderControl:
-    """A rule's or route's header control, compiled to byte operations once."""
-
-    __slots__ = ("request", "response")
-
-    def __init__(self, hc: HeaderControl):
-        self.request = _Direction(hc.request_set, hc.request_add, hc.request_remove,
-                                  hc.request_regex_replace) if hc.has_request() else None
-        self.response = _Direction(hc.response_set, hc.response_add, hc.response_remove,
-                                   hc.response_regex_replace) if hc.has_response() else None
-
-    @classmethod
-    def compile(cls, hc: HeaderControl | None) -> "CompiledHeaderControl | None":
-        return cls(hc) if hc is not None else None

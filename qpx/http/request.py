@@ -254,6 +254,87 @@ class Request:
     def default_port(self) -> int:
         return _DEFAULT_PORTS.get(self.scheme or "http", 80)
 
+    def passed_through(self, proxy_name: bytes) -> bool:
+        """True when a Via entry's received-by is ``proxy_name`` (lowercase): the
+        request has already passed this proxy (RFC 9110 §7.6.3, loop detection)."""
+        if self.plain:  # no Via field at all (see ``plain``)
+            return False
+        for value in self.values(b"via"):
+            for entry in value.split(b","):
+                parts = entry.split()
+                if len(parts) >= 2 and parts[1].lower() == proxy_name:
+                    return True
+        return False
+
+    def max_forwards(self) -> int | None:
+        """Max-Forwards of an OPTIONS/TRACE request (RFC 9110 §7.6.2), None otherwise.
+        Raises :class:`HttpError` (400) when the value is not a number."""
+        if self.plain or self.method not in ("OPTIONS", "TRACE"):
+            return None
+        value = self.get(b"max-forwards")
+        if value is None:
+            return None
+        if not value.isdigit() or len(value) > 9:
+            raise HttpError(400, "invalid Max-Forwards", "bad_request")
+        return int(value)
+
+
+def _connection(req: Request, low: bytes) -> None:
+    """``Connection`` tokens, keep-alive, the upgrade offer, Expect, and whether the
+    head can be forwarded from its raw bytes (``plain``)."""
+    tokens = None
+    at = low.find(b"\r\nconnection:")
+    while at >= 0:
+        end = low.find(b"\r\n", at + 13)
+        if tokens is None:
+            tokens = set()
+        for t in low[at + 13:end].split(b","):
+            t = t.strip()
+            if t:
+                tokens.add(t)
+        req.drop.append((at, end))
+        at = low.find(b"\r\nconnection:", end)
+    if tokens is not None:
+        if not tokens.isdisjoint(_FRAMING):
+            raise HttpError(400, "Connection nominates a framing header", "bad_request")
+        req.conn_tokens = frozenset(tokens)
+        if b"upgrade" in tokens:
+            upgrade = req.get(b"upgrade")
+            # h2c upgrades turn the proxy into a blind tunnel for HTTP/2 requests no
+            # rule ever sees (h2c smuggling): the offer is dropped, the request
+            # served as plain HTTP/1.1 (RFC 9113 §3.1 deprecates h2c upgrades).
+            if upgrade is not None and b"h2c" not in upgrade.lower():
+                req.upgrade = upgrade
+        if not tokens <= _PLAIN_TOKENS:
+            req.plain = False
+    req.keep_alive = (tokens is None or b"close" not in tokens) if req.version == 11 \
+        else (tokens is not None and b"keep-alive" in tokens)
+    if _RARE.search(low) is not None:  # hop-by-hop fields other than the above
+        req.plain = False
+        if low.find(b"\r\nexpect:") >= 0:
+            for value in req.values(b"expect"):
+                if value.lower() != b"100-continue":
+                    raise HttpError(417, "unsupported expectation", "bad_request")
+            req.expect_continue = req.version == 11
+
+
+def _host(req: Request, raw: bytes, low: bytes) -> tuple[str, int | None] | None:
+    """The Host field (RFC 9112 §3.2): required in HTTP/1.1, at most one, valid."""
+    at = low.find(b"\r\nhost:")
+    if at < 0:
+        if req.version == 11:
+            raise HttpError(400, "missing Host header", "bad_request")
+        return None
+    end = low.find(b"\r\n", at + 7)
+    if low.find(b"\r\nhost:", end) >= 0:
+        raise HttpError(400, "more than one Host header", "bad_request")
+    try:
+        host = parse_host(raw[at + 7:end].strip(b" \t"))
+    except ValueError:
+        raise HttpError(400, "invalid Host header", "bad_request") from None
+    req.drop.append((at, end))
+    return host
+
 
 class _Collect:
     """httptools callback sink for one head (no per-header callbacks: fields are read
@@ -404,7 +485,6 @@ class RequestHeadParser:
         limits = self.limits
         if len(raw) > 4 * limits.max_count and raw.count(b"\r\n") - 2 > limits.max_count:
             raise HttpError(431, "too many header fields", "bad_request")
-
         # framing (RFC 9112 §6); llhttp has rejected repeated or malformed Content-Length
         drop = req.drop
         te_at = low.find(b"\r\ntransfer-encoding:")
@@ -429,57 +509,9 @@ class RequestHeadParser:
                 raise HttpError(400, "Content-Length too large", "bad_request")
             req.content_length = int(cl)  # llhttp has checked 1*DIGIT
             drop.append((at, end))
-        tokens = None
-        at = low.find(b"\r\nconnection:")
-        while at >= 0:
-            end = low.find(b"\r\n", at + 13)
-            if tokens is None:
-                tokens = set()
-            for t in low[at + 13:end].split(b","):
-                t = t.strip()
-                if t:
-                    tokens.add(t)
-            drop.append((at, end))
-            at = low.find(b"\r\nconnection:", end)
-        if tokens is not None:
-            if not tokens.isdisjoint(_FRAMING):
-                raise HttpError(400, "Connection nominates a framing header", "bad_request")
-            req.conn_tokens = frozenset(tokens)
-            if b"upgrade" in tokens:
-                upgrade = req.get(b"upgrade")
-                # h2c upgrades turn the proxy into a blind tunnel for HTTP/2 requests no
-                # rule ever sees (h2c smuggling): the offer is dropped, the request
-                # served as plain HTTP/1.1 (RFC 9113 §3.1 deprecates h2c upgrades).
-                if upgrade is not None and b"h2c" not in upgrade.lower():
-                    req.upgrade = upgrade
-            if not tokens <= _PLAIN_TOKENS:
-                req.plain = False
-        req.keep_alive = (tokens is None or b"close" not in tokens) if req.version == 11 \
-            else (tokens is not None and b"keep-alive" in tokens)
-        if _RARE.search(low) is not None:  # hop-by-hop fields other than the above
-            req.plain = False
-            if low.find(b"\r\nexpect:") >= 0:
-                for value in req.values(b"expect"):
-                    if value.lower() != b"100-continue":
-                        raise HttpError(417, "unsupported expectation", "bad_request")
-                req.expect_continue = req.version == 11
-
-        # Host (RFC 9112 §3.2)
-        host_hdr: tuple[str, int | None] | None = None
-        at = low.find(b"\r\nhost:")
-        if at >= 0:
-            end = low.find(b"\r\n", at + 7)
-            if low.find(b"\r\nhost:", end) >= 0:
-                raise HttpError(400, "more than one Host header", "bad_request")
-            try:
-                host_hdr = parse_host(raw[at + 7:end].strip(b" \t"))
-            except ValueError:
-                raise HttpError(400, "invalid Host header", "bad_request") from None
-            drop.append((at, end))
-        elif req.version == 11:
-            raise HttpError(400, "missing Host header", "bad_request")
+        _connection(req, low)
+        host_hdr = _host(req, raw, low)
         req.host, req.port = host_hdr if host_hdr else (None, None)
-
         self._target(req, self._sink.url, method, host_hdr)
         return req
 

@@ -10,8 +10,8 @@ Content-Length together with Transfer-Encoding, a transfer coding other than
 Speed: a response head is mostly forwarded as it came.  llhttp runs without per-header
 Python callbacks; once it has validated the head, substring searches in its lowercased
 copy find the few fields qpxd acts on (framing, ``Connection``, ``Date``) and
-:meth:`Response.forward_head` drops the hop-by-hop lines from the raw bytes.  The per-header list (``headers``) is built only
-when response header control needs it.
+:meth:`Response.forward_head` drops the hop-by-hop lines from the raw bytes.  The
+per-header list (``headers``) is built only when response header control needs it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import re
 
 import httptools
 
-from .errors import UpstreamError
+from .errors import BadResponse
 
 _PLAIN_TOKENS = frozenset((b"keep-alive", b"close"))
 _COMMON_CONNECTION = {v: frozenset((v.strip(),)) for v in
@@ -28,6 +28,34 @@ _COMMON_CONNECTION = {v: frozenset((v.strip(),)) for v in
 # hop-by-hop fields beyond Connection/Keep-Alive/framing: their presence sends the
 # response down the general (per-field) path
 _RARE = re.compile(rb"\r\n(?:proxy-|te:|trailer:|upgrade:)")
+
+
+def status_ok(line: bytes) -> bool:
+    """Whether a status line (or the start of a response) says 2xx or 3xx: the one
+    question an active health check asks."""
+    parts = line.split(b"\r\n", 1)[0].split(b" ", 2)
+    return len(parts) >= 2 and parts[0].startswith(b"HTTP/1.") and \
+        parts[1][:1] in (b"2", b"3") and len(parts[1]) == 3
+
+
+def _connection_tokens(low: bytes, drop: list) -> set[bytes] | frozenset[bytes] | None:
+    """The tokens of every ``Connection`` field (their lines added to ``drop``)."""
+    tokens: set[bytes] | frozenset[bytes] | None = None
+    at = low.find(b"\r\nconnection:")
+    while at >= 0:
+        end = low.find(b"\r\n", at + 13)
+        value = low[at + 13:end]
+        if tokens is None and value in _COMMON_CONNECTION:
+            tokens = _COMMON_CONNECTION[value]
+        else:
+            tokens = set(tokens or ())
+            for t in value.split(b","):
+                t = t.strip()
+                if t:
+                    tokens.add(t)
+        drop.append((at, end))
+        at = low.find(b"\r\nconnection:", end)
+    return tokens
 
 
 class Response:
@@ -149,7 +177,7 @@ class ResponseHeadParser:
         except httptools.HttpParserUpgrade:
             pass
         except httptools.HttpParserError as e:
-            raise UpstreamError(502, f"malformed response head: {e}") from None
+            raise BadResponse(f"malformed response head: {e}") from None
 
     def feed(self, data: bytes) -> Response | None:
         if not self.buf:  # the common case: the whole head in one read, no copies
@@ -159,7 +187,7 @@ class ResponseHeadParser:
                 head = data if stop == len(data) else data[:stop]
                 self._run(head)
                 if not self._sink.done:
-                    raise UpstreamError(502, "malformed response head")
+                    raise BadResponse("malformed response head")
                 self.rest = data[stop:] if stop < len(data) else b""
                 return self._finish(head)
         buf = self.buf
@@ -172,7 +200,7 @@ class ResponseHeadParser:
             self.fed = stop
         if not self._sink.done:
             if len(buf) > self.max_head or end >= 0:
-                raise UpstreamError(502, "response head too large or malformed")
+                raise BadResponse("response head too large or malformed")
             return None
         self.rest = bytes(buf[stop:])
         return self._finish(bytes(buf[:stop]))
@@ -184,7 +212,7 @@ class ResponseHeadParser:
         elif version == b"HTTP/1.0 ":
             v = 10
         else:
-            raise UpstreamError(502, f"unsupported response version {version[:8]!r}")
+            raise BadResponse(f"unsupported response version {version[:8]!r}")
         resp = Response(head, self._parser.get_status_code(), self._sink.reason, v)
         low = head.lower()
         drop = resp.drop
@@ -198,25 +226,11 @@ class ResponseHeadParser:
         if at >= 0:
             end = low.find(b"\r\n", at + 20)
             if low.find(b"\r\ntransfer-encoding:", end) >= 0:
-                raise UpstreamError(502, "Transfer-Encoding repeated in response")
+                raise BadResponse("Transfer-Encoding repeated in response")
             te = head[at + 20:end].strip(b" \t")
             drop.append((at, end))
         resp.has_date = low.find(b"\r\ndate:") >= 0
-        tokens: set[bytes] | frozenset[bytes] | None = None
-        at = low.find(b"\r\nconnection:")
-        while at >= 0:
-            end = low.find(b"\r\n", at + 13)
-            value = low[at + 13:end]
-            if tokens is None and value in _COMMON_CONNECTION:
-                tokens = _COMMON_CONNECTION[value]
-            else:
-                tokens = set(tokens or ())
-                for t in value.split(b","):
-                    t = t.strip()
-                    if t:
-                        tokens.add(t)
-            drop.append((at, end))
-            at = low.find(b"\r\nconnection:", end)
+        tokens = _connection_tokens(low, drop)
         at = low.find(b"\r\nkeep-alive:")
         if at >= 0:
             end = low.find(b"\r\n", at + 13)
@@ -227,13 +241,13 @@ class ResponseHeadParser:
             resp.plain = False
         if te is not None:
             if cl is not None:
-                raise UpstreamError(502, "response has Content-Length and Transfer-Encoding")
+                raise BadResponse("response has Content-Length and Transfer-Encoding")
             if te.strip().lower() != b"chunked":
-                raise UpstreamError(502, "response transfer coding is not chunked")
+                raise BadResponse("response transfer coding is not chunked")
             resp.chunked = True
         if cl is not None:
             if len(cl) > 18:
-                raise UpstreamError(502, "response Content-Length too large")
+                raise BadResponse("response Content-Length too large")
             resp.content_length = int(cl)  # llhttp has checked 1*DIGIT and duplicates
         if tokens:
             resp.conn_tokens = frozenset(tokens)

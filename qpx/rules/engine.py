@@ -9,7 +9,8 @@ This module owns the API the daemon and the CLI use:
 
 Rule sets are compiled once, in the master before fork, and are read-only
 afterwards; the only per-request mutable state is the per-thread scratch of the
-prefilter and the ``last_candidates`` counter.  Nothing here imports gevent.
+prefilter; per-request facts (how many candidates a match examined) are written into
+the request's own :class:`MatchContext`.  Nothing here imports gevent.
 """
 
 from __future__ import annotations
@@ -32,9 +33,12 @@ class MatchContext:
     ``src_ip`` is a key from :func:`qpx.rules.parse_ip`; ``host``/``sni`` any case
     (the engine lowercases); ``method`` as sent; ``path`` with the query string;
     ``headers`` None or an object with ``get_all(lowercase_name) -> list[str]``.
+    ``candidates`` is set by :meth:`RuleSet.first_match`: the rules it examined
+    (prefilter survivors walked until the winner), for metrics.
     """
 
-    __slots__ = ("src_ip", "dst_port", "host", "sni", "method", "path", "headers")
+    __slots__ = ("src_ip", "dst_port", "host", "sni", "method", "path", "headers",
+                 "candidates")
 
     def __init__(self, src_ip=None, dst_port=None, host=None, sni=None, method=None,
                  path=None, headers=None) -> None:
@@ -45,9 +49,10 @@ class MatchContext:
         self.method = method
         self.path = path
         self.headers = headers
+        self.candidates = 0
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__[:-1]
                            if getattr(self, n) is not None)
         return f"MatchContext({fields})"
 
@@ -73,24 +78,21 @@ class RuleSet:
     ``first_match(ctx) -> int``: index of the first matching rule, -1 if none.
     ``matching_indices(ctx) -> list[int]``: every matching index, ascending.
     ``explain(ctx)``: ``(index, first failing field | None)`` up to the first match.
-    ``last_candidates``: rules the most recent ``first_match`` examined (prefilter
-    survivors walked until the winner; exact per thread since matching never yields).
     ``first_match_linear`` / ``matching_indices_linear``: the reference scans.
     ``headers.get_all`` is called during matching and must not block or re-enter.
     """
 
-    __slots__ = ("specs", "prefilter", "last_candidates", "first_match",
-                 "matching_indices", "_full", "_fields")
+    __slots__ = ("specs", "prefilter", "first_match", "matching_indices", "_full",
+                 "_fields")
 
     def __init__(self, specs: Sequence[MatchSpec]) -> None:
         self.specs = tuple(specs)
         self.prefilter = Prefilter(self.specs)
-        self.last_candidates = 0
         self._full = None  # per-rule full checks, built on first linear use
         self._fields: dict[int, list] = {}  # per-rule field checks, built by explain
         # bound once: the hot path is one call without attribute lookups on the class
-        self.first_match = self.prefilter.bind_first_match(self)
-        self.matching_indices = self.prefilter.bind_matching_indices(self)
+        self.first_match = self.prefilter.bind_first_match()
+        self.matching_indices = self.prefilter.bind_matching_indices()
 
     @classmethod
     def compile(cls, specs: Sequence[MatchSpec], *, validate: bool = True) -> "RuleSet":

@@ -32,9 +32,18 @@ import re
 from typing import TYPE_CHECKING
 
 from .iptrie import CidrSet, cidr_test, parse_cidr
-from .patterns import (EXACT, SUFFIX, ascii_lower, alternative_regex, classify,
-                       glob_alternatives, glob_regex, literal_chain, literal_segments,
-                       longest_literal)
+from .patterns import (
+    EXACT,
+    SUFFIX,
+    alternative_regex,
+    ascii_lower,
+    classify,
+    glob_alternatives,
+    glob_regex,
+    literal_chain,
+    literal_segments,
+    longest_literal,
+)
 
 if TYPE_CHECKING:  # qpx.config imports qpx.rules: no runtime import back
     from ..config.model import MatchSpec

@@ -35,7 +35,7 @@ Lowercase host/SNI once; gather into the per-thread scratch list the posting tup
 hit: a dict probe per method/port/path/exact host, root-first walks of the prefix
 trie and of the suffix trie that stop at the first missing node; sort the few ids
 (timsort, C); walk them ascending, skipping repeats, merged with the always tuple;
-the first rule whose rest/full check passes wins.  ``last_candidates`` = rules
+the first rule whose rest/full check passes wins.  ``ctx.candidates`` = rules
 examined by that walk (keyed candidates + always-candidates up to the winner).
 
 Scratch: one list per native thread (``threading.local()``, created at import, before
@@ -117,6 +117,26 @@ def _named_fields(spec) -> int:
             + (1 if spec.host else 0) + (1 if spec.sni else 0) + (1 if spec.path else 0))
 
 
+def _name_hits(name: str, exact: dict | None, suffix: dict | None, buf: list) -> None:
+    """Append the posting lists a host or SNI hits: its exact entry, then every label
+    suffix of it (``c``, ``b.c``, ``a.b.c``) until the flattened trie has no node."""
+    if exact is not None:
+        p = exact.get(name)
+        if p:
+            buf += p
+    if suffix is not None:
+        pos = len(name)
+        while True:
+            pos = name.rfind(".", 0, pos)
+            if pos < 0:
+                break
+            p = suffix.get(name[pos + 1:])
+            if p is None:
+                break
+            if p:
+                buf += p
+
+
 class _TextIndex:
     """Exact map + label suffix trie (flattened: node key = the suffix text)."""
 
@@ -145,6 +165,35 @@ class Prefilter:
 
     def __init__(self, specs) -> None:
         n = self.size = len(specs)
+        free, counts, values = self._collect(specs)
+        always = BitSet.full(n)
+        for d in DIMS:
+            always &= free[d]
+        self.free = free
+        self.always = tuple(always.indices())
+
+        self.method: dict[str, list] = {}
+        self.port: dict[int, list] = {}
+        self.src = PrefixTrie()
+        self.text = {d: _TextIndex() for d in ("host", "sni", "path")}
+        self.key: list[str | None] = [None] * n  # the dimension each rule is indexed under
+        self.rest: list = [None] * n  # check of the fields beside the key; None: nothing left
+        self.always_checks = tuple(compile_check(specs[i]) for i in self.always)
+        for i, (spec, vals) in enumerate(zip(specs, values)):
+            if vals:
+                self._post(i, spec, vals, counts)
+        self.method = {k: tuple(sorted(set(v))) for k, v in self.method.items()}
+        self.port = {k: tuple(sorted(set(v))) for k, v in self.port.items()}
+        self.src.freeze()
+        for t in self.text.values():
+            t.freeze()
+        self.gather = self._make_gather()
+
+    @staticmethod
+    def _collect(specs):
+        """Per rule, the indexable values of each dimension it constrains; per
+        dimension, the rules that leave it free and how often each value occurs."""
+        n = len(specs)
         free = {d: BitSet(n) for d in DIMS}
         counts: dict[str, dict] = {d: {} for d in DIMS}
         values: list[dict[str, list]] = []
@@ -171,50 +220,31 @@ class Prefilter:
                     for v in vals[d]:
                         cd[v] = cd.get(v, 0) + 1
             values.append(vals)
+        return free, counts, values
 
-        always = BitSet.full(n)
-        for d in DIMS:
-            always &= free[d]
-        self.free = free
-        self.always = tuple(always.indices())
-
-        self.method: dict[str, list] = {}
-        self.port: dict[int, list] = {}
-        self.src = PrefixTrie()
-        self.text = {d: _TextIndex() for d in ("host", "sni", "path")}
-        self.key: list[str | None] = [None] * n  # the dimension each rule is indexed under
-        self.rest: list = [None] * n  # check of the fields beside the key; None: nothing left
-        self.always_checks = tuple(compile_check(specs[i]) for i in self.always)
-        for i, (spec, vals) in enumerate(zip(specs, values)):
-            if not vals:
-                continue
-            if len(vals) == 1:
-                (key,) = vals
+    def _post(self, i: int, spec, vals: dict, counts: dict) -> None:
+        """Index rule ``i`` under its most selective dimension; keep a check of the rest."""
+        if len(vals) == 1:
+            (key,) = vals
+        else:
+            key = min(vals, key=lambda d: (sum(counts[d][v] for v in vals[d]) * _WEIGHT[d],
+                                           _KEY_PRIORITY.index(d)))
+        self.key[i] = key
+        for kind, v in vals[key]:
+            if key == "method":
+                self.method.setdefault(v, []).append(i)
+            elif key == "dst_port":
+                self.port.setdefault(v, []).append(i)
+            elif key == "src_ip":
+                self.src.insert(*v, i)
+            elif kind == "e":
+                self.text[key].add_exact(v, i)
             else:
-                key = min(vals, key=lambda d: (sum(counts[d][v] for v in vals[d]) * _WEIGHT[d],
-                                               _KEY_PRIORITY.index(d)))
-            self.key[i] = key
-            for kind, v in vals[key]:
-                if key == "method":
-                    self.method.setdefault(v, []).append(i)
-                elif key == "dst_port":
-                    self.port.setdefault(v, []).append(i)
-                elif key == "src_ip":
-                    self.src.insert(*v, i)
-                elif kind == "e":
-                    self.text[key].add_exact(v, i)
-                else:
-                    self.text[key].add_suffix(v, i)
-            if len(vals) == 1 and not spec.headers and _named_fields(spec) == 1:
-                continue  # the key hit is the whole rule
-            rest = compile_check(spec, skip=key)
-            self.rest[i] = None if rest is always_true else rest
-        self.method = {k: tuple(sorted(set(v))) for k, v in self.method.items()}
-        self.port = {k: tuple(sorted(set(v))) for k, v in self.port.items()}
-        self.src.freeze()
-        for t in self.text.values():
-            t.freeze()
-        self.gather = self._make_gather()
+                self.text[key].add_suffix(v, i)
+        if len(vals) == 1 and not spec.headers and _named_fields(spec) == 1:
+            return  # the key hit is the whole rule
+        rest = compile_check(spec, skip=key)
+        self.rest[i] = None if rest is always_true else rest
 
     # ------------------------------------------------------------------ query
     def _make_gather(self):
@@ -252,38 +282,10 @@ class Prefilter:
                             break
                         if p:
                             buf += p
-            if host is not None:
-                if h_exact is not None:
-                    p = h_exact.get(host)
-                    if p:
-                        buf += p
-                if h_suf is not None:
-                    pos = len(host)
-                    while True:
-                        pos = host.rfind(".", 0, pos)
-                        if pos < 0:
-                            break
-                        p = h_suf.get(host[pos + 1:])
-                        if p is None:
-                            break
-                        if p:
-                            buf += p
-            if sni is not None:
-                if s_exact is not None:
-                    p = s_exact.get(sni)
-                    if p:
-                        buf += p
-                if s_suf is not None:
-                    pos = len(sni)
-                    while True:
-                        pos = sni.rfind(".", 0, pos)
-                        if pos < 0:
-                            break
-                        p = s_suf.get(sni[pos + 1:])
-                        if p is None:
-                            break
-                        if p:
-                            buf += p
+            if host is not None and (h_exact is not None or h_suf is not None):
+                _name_hits(host, h_exact, h_suf, buf)
+            if sni is not None and (s_exact is not None or s_suf is not None):
+                _name_hits(sni, s_exact, s_suf, buf)
             if p_exact is not None:
                 v = ctx.path
                 if v is not None:
@@ -299,7 +301,7 @@ class Prefilter:
         self.gather(ctx, host, sni, buf)
         return sorted(set(buf).union(self.always))
 
-    def bind_first_match(self, owner):
+    def bind_first_match(self):
         always = self.always
         n_always = len(always)
         always_fns = self.always_checks
@@ -325,10 +327,10 @@ class Prefilter:
                 k = 0
                 for fn in always_fns:
                     if fn(ctx, host, sni):
-                        owner.last_candidates = k + 1
+                        ctx.candidates = k + 1
                         return always[k]
                     k += 1
-                owner.last_candidates = k
+                ctx.candidates = k
                 return -1
             if len(buf) > 1:
                 buf.sort()
@@ -342,24 +344,24 @@ class Prefilter:
                 while ai < n_always and always[ai] < c:
                     ai += 1
                     if always_fns[ai - 1](ctx, host, sni):
-                        owner.last_candidates = ai + seen
+                        ctx.candidates = ai + seen
                         return always[ai - 1]
                 seen += 1
                 r = rest[c]
                 if r is None or r(ctx, host, sni):
-                    owner.last_candidates = ai + seen
+                    ctx.candidates = ai + seen
                     return c
             while ai < n_always:
                 ai += 1
                 if always_fns[ai - 1](ctx, host, sni):
-                    owner.last_candidates = ai + seen
+                    ctx.candidates = ai + seen
                     return always[ai - 1]
-            owner.last_candidates = ai + seen
+            ctx.candidates = ai + seen
             return -1
 
         return first_match
 
-    def bind_matching_indices(self, owner):
+    def bind_matching_indices(self):
         always = self.always
         always_fns = self.always_checks
         rest = self.rest

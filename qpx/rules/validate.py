@@ -10,7 +10,6 @@ loader can prefix it with where the match object lives.  An empty list means
 from __future__ import annotations
 
 import re
-
 from typing import TYPE_CHECKING
 
 from .iptrie import CidrError, parse_cidr

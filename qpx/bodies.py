@@ -1,4 +1,6 @@
-"""Message bodies in transit: read by their framing, written by ours.
+"""Message bodies in transit between two connections: read by their framing, written by
+ours.  (The byte mover beside :mod:`qpx.relay`; the framing rules are sans-IO in
+:mod:`qpx.http.chunked`.)
 
 A body is read with the framing its head declared — ``length`` (Content-Length),
 ``chunked`` (decoded by :mod:`qpx.http.chunked`), ``eof`` (a response delimited by the
@@ -19,8 +21,8 @@ from __future__ import annotations
 
 import time
 
-from ..netio import BufferPool, Conn, DeadlineExceeded
-from .chunked import LAST_CHUNK, ChunkedDecoder, ChunkError
+from .http.chunked import LAST_CHUNK, ChunkedDecoder, ChunkError, encode_chunk
+from .netio import BufferPool, Conn, DeadlineExceeded
 
 monotonic = time.monotonic
 
@@ -56,7 +58,7 @@ def _write(dst: Conn | None, data, send_timeout: float, chunked: bool) -> None:
         return
     try:
         if chunked:
-            dst.sendall(b"%x\r\n" % len(data) + bytes(data) + b"\r\n", send_timeout)
+            dst.sendall(encode_chunk(data), send_timeout)
         else:
             dst.sendall(data, send_timeout)
     except DeadlineExceeded:
@@ -168,9 +170,3 @@ def relay_body(src: Conn, dst: Conn | None, initial: bytes, kind: str, length: i
         return b"", total
 
     return initial, 0  # "none"
-
-
-def encode_chunks(pieces, last: bool) -> bytes:
-    """Pieces re-framed as chunks (plus the last-chunk when ``last``)."""
-    out = b"".join(b"%x\r\n" % len(p) + bytes(p) + b"\r\n" for p in pieces if len(p))
-    return out + LAST_CHUNK if last else out

@@ -42,6 +42,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--b-env", action="append", default=[], metavar="NAME=VALUE",
                     help="environment of build B (e.g. QPXD_PURE=1 to A/B a compiled build)")
+    ap.add_argument("--record", metavar="TITLE",
+                    help="append the table to docs/ab-results.md under this title")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="qpxd-ab-"))
     root_a, remove = tree(args.ref, work)
@@ -76,21 +78,35 @@ def main() -> int:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
                             str(root_a)], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
-    print(f"A = {args.ref}, B = this checkout{' ' + str(b_env) if b_env else ''}; "
-          f"{args.runs} runs of {args.seconds:g} s, medians (min–max)")
+    table = render(results)
+    head = (f"A = `{args.ref}`, B = this checkout{' with ' + str(b_env) if b_env else ''}; "
+            f"{args.runs} runs of {args.seconds:g} s each, round-robin, medians (min–max).")
+    print(head + "\n" + table)
+    if args.record:
+        import time
+
+        with open(ROOT / "docs" / "ab-results.md", "a") as f:
+            f.write(f"\n## {args.record}\n\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+                    f", command: `python bench/ab.py {' '.join(sys.argv[1:])}`\n\n"
+                    f"{head}\n\n{table}\n")
+    return 0
+
+
+def render(results: dict) -> str:
+    lines = ["| section | figure | A | B | B/A |", "|---|---|---|---|---|"]
     for section, rows in results.items():
-        keys = ["rps"] + (["req_per_cpu_s"] if section == "reverse" else [])
-        for key in keys:
-            med = {}
+        for key in ["rps"] + (["req_per_cpu_s"] if section == "reverse" else []):
+            cells, med = {}, {}
             for row in rows:
                 values = [r[key] for r in row.get("runs", [])]
                 if values:
                     med[row["peer"]] = statistics.median(values)
-                    print(f"  {section:8} {key:14} {row['peer']}: {med[row['peer']]:>9,.0f} "
-                          f"({min(values):,.0f}–{max(values):,.0f})")
-            if len(med) == 2:
-                print(f"  {section:8} {key:14} B/A: {med['B'] / med['A']:.3f}")
-    return 0
+                    cells[row["peer"]] = (f"{med[row['peer']]:,.0f} "
+                                          f"({min(values):,.0f}–{max(values):,.0f})")
+            ratio = f"{med['B'] / med['A']:.3f}" if len(med) == 2 else "–"
+            lines.append(f"| {section} | {key} | {cells.get('A', '–')} | {cells.get('B', '–')} "
+                         f"| {ratio} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

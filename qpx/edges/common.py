@@ -106,6 +106,18 @@ class HttpEdge:
         if metrics is not None:
             metrics.rules(self.name, ctx.candidates)
 
+    def finish(self, session: ClientSession, req: Request, started: float, rule: str | None,
+               action: str, result) -> bool:
+        """After an exchange: the session takes what the exchange learned, the request
+        is logged; whether the connection may carry another request."""
+        session.settle(result.client_rest, result.close)
+        metrics = self.services.metrics
+        if metrics is not None:
+            metrics.upstream_latency(self.name, result.head_latency)
+        session.log_request(req, result.status, started, rule, action, result.bytes_in,
+                            result.bytes_out, result.upstream)
+        return not session.closing
+
     def upstream_message(self, e: UpstreamError) -> str:
         return "gateway_timeout" if e.status == 504 else "proxy_error"
 

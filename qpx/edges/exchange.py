@@ -107,31 +107,20 @@ class UpstreamExchange:
 
     # ------------------------------------------------------------------ request
 
-    def _prepare(self, head: bytes) -> None:
-        """The request as it leaves: the head plus every body byte already here, and
-        the state needed to stream the rest.  The client's buffered bytes stay intact
-        until they are on their way (a failed connect can be retried elsewhere)."""
-        req = self.req
-        buf = self.session.buf
-        self.data, self.rest, self.pending, self.decoder = head, buf, req.has_body(), None
-        self.result.bytes_in = 0
-        if req.content_length and not req.expect_continue and len(buf) >= req.content_length:
-            n = req.content_length
-            self.data, self.rest, self.pending = head + buf[:n], buf[n:], False
-            self.result.bytes_in = n
-        elif req.chunked and buf:
-            # Decode what has arrived before anything goes upstream: a malformed start
-            # is refused with nothing sent (the upstream never sees a doomed request).
-            decoder = ChunkedDecoder(self.services.limits.max_head)
-            try:
-                pieces = decoder.feed(buf)
-            except ChunkError as e:
-                raise HttpError(400, f"bad request body: {e}", "bad_request") from None
-            self.data = head + encode_chunks(pieces, decoder.done)
-            self.result.bytes_in = sum(len(p) for p in pieces)
-            self.rest = decoder.rest if decoder.done else b""
-            self.pending = not decoder.done
-            self.decoder = decoder
+    def _decode_start(self, head: bytes, buf: bytes) -> None:
+        """Decode the chunked body bytes already here before anything goes upstream: a
+        malformed start is refused with nothing sent (the upstream never sees a doomed
+        request)."""
+        decoder = ChunkedDecoder(self.services.limits.max_head)
+        try:
+            pieces = decoder.feed(buf)
+        except ChunkError as e:
+            raise HttpError(400, f"bad request body: {e}", "bad_request") from None
+        self.data = head + encode_chunks(pieces, decoder.done)
+        self.result.bytes_in = sum(len(p) for p in pieces)
+        self.rest = decoder.rest if decoder.done else b""
+        self.pending = not decoder.done
+        self.decoder = decoder
 
     def _send_on(self, conn: Conn) -> None:
         """Write the request (head, and the body as the client sends it)."""
@@ -248,7 +237,18 @@ class UpstreamExchange:
         relay the response.  Raises HttpError/UpstreamError before anything was sent to
         the client; after that, failures raise :class:`ClientGone`."""
         started = monotonic()
-        self._prepare(head)
+        # The request as it leaves: the head plus every body byte already here, and the
+        # state to stream the rest.  The client's buffered bytes stay intact until they
+        # are on their way (a failed connect can be retried elsewhere).
+        req = self.req
+        buf = self.session.buf
+        self.data, self.rest, self.pending, self.decoder = head, buf, req.has_body(), None
+        if req.content_length and not req.expect_continue and len(buf) >= req.content_length:
+            n = req.content_length
+            self.data, self.rest, self.pending = head + buf[:n], buf[n:], False
+            self.result.bytes_in = n
+        elif req.chunked and buf:
+            self._decode_start(head, buf)
         resp, rest = self._send(started + timeout)
         self.result.head_latency = monotonic() - started
         if resp.status == 101:

@@ -40,7 +40,7 @@ from .common import (
     answer_max_forwards,
     refuse_trace_and_loops,
 )
-from .exchange import ExchangeResult, UpstreamExchange
+from .exchange import UpstreamExchange
 from .services import Services
 from .session import ClientSession
 
@@ -113,38 +113,22 @@ class ReverseEdge(HttpEdge):
 
     def forward(self, session: ClientSession, req: Request, route: CompiledRoute,
                 started: float, mf: int | None) -> bool:
-        services = self.services
-        path = req.path or "/"
-        if route.rewrites:
-            path = rewrite_path(route, path)
-        headers = None
-        if route.headers is not None and route.headers.request is not None:
-            headers = route.headers.request.apply(req.headers)
+        """Pick an upstream and exchange, as often as the route's retry policy allows."""
+        balancer = self.balancers[route.index]
+        target = (rewrite_path(route, req.path or "/") if route.rewrites
+                  else req.path or "/").encode()
+        headers = control = None
+        if route.headers is not None:
+            control = route.headers.response
+            if route.headers.request is not None:
+                headers = route.headers.request.apply(req.headers)
         # RFC 9112 §3.2.2: for an absolute-form target the authority in the URI is the
         # host, whatever Host says (routing already used it).
         client_host = writer.authority(req.host, req.port) if req.form == "absolute" else \
             (req.get(b"host") or writer.authority(req.host or "", req.port))
-        extra = writer.reverse_extra(req, session.client.ip.encode(), client_host, b"http",
-                                     services.policy.via_line,
-                                     None if mf is None else mf - 1)
-        result = self.attempts(session, req, route, path.encode(), client_host, extra,
-                               headers)
-        session.settle(result.client_rest, result.close)
-        if services.metrics is not None:
-            services.metrics.upstream_latency(self.name, result.head_latency)
-        session.log_request(req, result.status, started, route.label, "proxy",
-                            result.bytes_in, result.bytes_out, result.upstream)
-        return not session.closing
-
-    def attempts(self, session: ClientSession, req: Request, route: CompiledRoute,
-                 path: bytes, client_host: bytes, extra: bytes, headers) -> ExchangeResult:
-        """Pick an upstream and exchange, as often as the route's retry policy allows."""
-        balancer = self.balancers[route.index]
-        control = route.headers.response if route.headers is not None else None
         seed = seed_for(session.client.ip, req.host, req.method, req.path) \
             if len(balancer.backends) > 1 else 0
         retryable = req.method in IDEMPOTENT and not req.has_body()
-        method = req.method.encode()
         tried: set[Endpoint] | tuple = ()
         attempt = 0
         while True:
@@ -154,9 +138,11 @@ class ReverseEdge(HttpEdge):
                 raise HttpError(503, "no healthy upstream", "no_healthy_upstream",
                                 headers=((b"retry-after", b"Retry-After",
                                           str(balancer.retry_after()).encode()),))
-            host = client_host if route.preserve_host else endpoint.authority_b
-            head = writer.reverse_request_head(req, method, endpoint.base_b + path, host,
-                                               extra, headers)
+            head = writer.reverse_request_head(
+                req, req.method.encode(), endpoint.base_b + target,
+                client_host if route.preserve_host else endpoint.authority_b,
+                session.client.ip.encode(), client_host, b"http",
+                self.services.policy.via_line, None if mf is None else mf - 1, headers)
             endpoint.inflight += 1
             try:
                 result = UpstreamExchange(session, req, endpoint.target, control,
@@ -175,4 +161,4 @@ class ReverseEdge(HttpEdge):
             finally:
                 endpoint.inflight -= 1
             endpoint.success()
-            return result
+            return self.finish(session, req, started, route.label, "proxy", result)

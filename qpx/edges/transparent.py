@@ -249,7 +249,4 @@ class TransparentEdge(HttpEdge):
         result = UpstreamExchange(session, req, target,
                                   control.response if control is not None else None,
                                   req.upgrade is not None).run(head, services.upstream_timeout)
-        session.settle(result.client_rest, result.close)
-        session.log_request(req, result.status, started, decision.rule, action.type,
-                            result.bytes_in, result.bytes_out, result.upstream)
-        return not session.closing
+        return self.finish(session, req, started, decision.rule, action.type, result)

@@ -104,26 +104,24 @@ def request_head(req: Request, method: bytes, path: bytes, absolute: bytes | Non
     return serialize(first_line, req.headers if headers is None else headers, skip, extra)
 
 
-def reverse_extra(req: Request, client_ip: bytes, client_host: bytes, proto: bytes,
-                  via_line: bytes, max_forwards: int | None) -> bytes:
-    """The lines a reverse request adds whatever the upstream: ``X-Forwarded-For``
-    (appended to the client's), ``-Proto``, ``-Host``, ``Via``, ``Max-Forwards``,
-    framing and the upgrade offer."""
+def reverse_request_head(req: Request, method: bytes, target: bytes, host: bytes,
+                         client_ip: bytes, client_host: bytes, proto: bytes, via_line: bytes,
+                         max_forwards: int | None, headers: Triples | None = None) -> bytes:
+    """A reverse request head for one upstream: origin-form ``target`` (the upstream's
+    base path already prefixed), ``Host``, ``X-Forwarded-For`` (the client appended to
+    the ones it sent), ``-Proto``, ``-Host`` (the client's authority), ``Via``,
+    ``Max-Forwards``, framing and the upgrade offer."""
     xff = client_ip if req.plain else b", ".join(req.values(b"x-forwarded-for") + [client_ip])
     extra = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n%s" \
         % (xff, proto, client_host, via_line)
     if max_forwards is not None:
         extra += b"Max-Forwards: %d\r\n" % max_forwards
-    extra += _framing_line(req)
+    if req.chunked:
+        extra += _TE_CHUNKED
+    elif req.content_length is not None:
+        extra += b"Content-Length: %d\r\n" % req.content_length
     if req.upgrade is not None:
         extra += b"Connection: Upgrade\r\nUpgrade: " + req.upgrade + b"\r\n"
-    return extra
-
-
-def reverse_request_head(req: Request, method: bytes, target: bytes, host: bytes,
-                         extra: bytes, headers: Triples | None = None) -> bytes:
-    """A reverse request head for one upstream: origin-form ``target`` (the upstream's
-    base path already prefixed), ``Host``, then :func:`reverse_extra`'s lines."""
     if headers is None and req.plain:
         return b"%s %s HTTP/1.1%s\r\nHost: %s\r\n%s\r\n" % (
             method, target, req.forward_lines(), host, extra)

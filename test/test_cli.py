@@ -45,6 +45,12 @@ ACCEPTED = [
     "usecases/09-composition/include-forward.yaml",
     "usecases/09-composition/include-transparent-reverse.yaml",
     "usecases/09-composition/multi-mode-office-gateway.yaml",
+    "usecases/02-secure-egress/forward-authenticated-upstream.yaml",
+    "usecases/07-observability-debug/forward-header-rewrite.yaml",
+    "usecases/07-observability-debug/forward-websocket-debug.yaml",
+    "usecases/99-test-fixtures/e2e-forward.yaml",
+    "usecases/99-test-fixtures/e2e-reverse.yaml",
+    "usecases/99-test-fixtures/e2e-transparent.yaml",
 ]
 REFUSED = {
     "qpx.example.yaml": ["exporter.enabled", "auth.ldap", "listeners.0.http3.enabled",
@@ -56,6 +62,15 @@ REFUSED = {
         "listeners.0.tls_inspection.enabled", "listeners.0.rules.1.action.type"],
     "usecases/03-service-publishing/reverse-advanced-routing.yaml": [
         "reverse.0.routes.0.mirrors"],
+    "usecases/02-secure-egress/forward-tls-inspection-selective.yaml": [
+        "listeners.0.tls_inspection.enabled", "listeners.0.rules.0.action.type"],
+    "usecases/11-transparent-intercept/transparent-mitm-selective.yaml": [
+        "listeners.0.tls_inspection.enabled", "listeners.0.rules.0.action.type"],
+    "usecases/03-service-publishing/reverse-tls-termination.yaml": ["reverse.0.tls"],
+    "usecases/03-service-publishing/reverse-tls-passthrough-sni.yaml": [
+        "reverse.0.tls", "reverse.0.tls_passthrough_routes"],
+    "usecases/03-service-publishing/reverse-http2-tls.yaml": [
+        "reverse.0.tls", "reverse.0.routes.0.upstreams.0", "reverse.0.routes.0.upstreams.1"],
 }
 needs_compat = pytest.mark.skipif(not COMPAT.exists(), reason="shared/compat is absent")
 

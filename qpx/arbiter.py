@@ -165,9 +165,9 @@ class Arbiter:
         multiprocess mode); it must exist before the first worker forks, and before a
         reload could turn metrics on, so it is made at start whatever the config says."""
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            import tempfile
+            from .metrics_dir import make_dir
 
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="qpxd-metrics-")
+            make_dir()
         from .metrics import MasterMetrics
 
         self.metrics = MasterMetrics(self.cfg.identity.metrics_prefix)
@@ -470,6 +470,10 @@ class Arbiter:
             else:
                 self._respawn_due()
             self._check_heartbeats()
+            log.flush_pending()
+            dropped = log.report_drops()
+            if dropped and self.metrics is not None:
+                self.metrics.log_dropped.inc(dropped)
 
     # ------------------------------------------------------------------ signals
 

@@ -35,6 +35,10 @@ class EarlyEOF(Exception):
     """The peer closed before the declared end of the body."""
 
 
+class BodyTooLarge(Exception):
+    """The body grew past the size the receiver accepts (``limit``)."""
+
+
 class SourceError(Exception):
     """Reading the body failed: the sending peer reset or stalled past ``idle``.
     ``timeout`` tells which."""
@@ -116,13 +120,14 @@ def _end(dst: Conn | None, chunked_out: bool, send_timeout: float) -> None:
 
 def relay_body(src: Conn, dst: Conn | None, initial: bytes, kind: str, length: int,
                out: str, *, idle: float, send_timeout: float, pool: BufferPool,
-               max_trailer: int = 32768,
-               decoder: ChunkedDecoder | None = None) -> tuple[bytes, int]:
+               max_trailer: int = 32768, decoder: ChunkedDecoder | None = None,
+               limit: int = -1) -> tuple[bytes, int]:
     """Copy one body from ``src`` to ``dst`` (``None`` discards it).  ``initial`` holds
     bytes already read after the head.  Returns (bytes read past the body, body size).
     Raises :class:`BodyFramingError` or :class:`EarlyEOF` (the sender broke the
-    framing), :class:`SourceError` (the sender failed) or :class:`SinkError` (the
-    receiver failed)."""
+    framing), :class:`SourceError` (the sender failed), :class:`SinkError` (the
+    receiver failed) or :class:`BodyTooLarge` (a chunked body past ``limit`` bytes,
+    when ``limit`` >= 0; nothing past the limit is written)."""
     chunked_out = out == "chunked"
     if kind == "length":
         head = initial[:length]
@@ -149,8 +154,10 @@ def relay_body(src: Conn, dst: Conn | None, initial: bytes, kind: str, length: i
                 except ChunkError as e:
                     raise BodyFramingError(str(e)) from None
                 for piece in pieces:
-                    _write(dst, piece, send_timeout, chunked_out)
                     total += len(piece)
+                    if 0 <= limit < total:
+                        raise BodyTooLarge(f"body over {limit} bytes")
+                    _write(dst, piece, send_timeout, chunked_out)
                 if decoder.done:
                     _end(dst, chunked_out, send_timeout)
                     return decoder.rest, total

@@ -7,19 +7,26 @@
 - The access log is written in batches (at most every ``FLUSH_INTERVAL`` seconds or
   ``FLUSH_BYTES``), never one ``write`` per request; refused requests and connections
   closed before any HTTP byte are logged too, with the reason.
-- USR1 calls :func:`reopen` (logrotate): both files are reopened by path.
+- USR1 calls :func:`reopen` (logrotate): both files are reopened by path.  A path that
+  cannot be opened again keeps the old descriptor and says so in one error line; the
+  next USR1 tries again.  A worker that cannot open the access log at start writes it to
+  stderr instead (and says so): logs never stop service.
+- Both logs write through :class:`~qpx.logsink.Sink`: never blocking, bounded, lines
+  that do not fit are dropped and counted (:func:`dropped`), and reported by
+  :func:`report_drops` at most every ``DROP_REPORT_INTERVAL`` seconds.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 import time
+
+from .logsink import Sink
 
 FLUSH_INTERVAL = 0.5
 FLUSH_BYTES = 65536
+DROP_REPORT_INTERVAL = 10.0
 
 logger = logging.getLogger("qpxd")
 
@@ -60,35 +67,43 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-class _ReopenableHandler(logging.StreamHandler):
+class SinkHandler(logging.Handler):
+    """The error log's handler: formatted records into a non-blocking :class:`Sink`."""
+
     def __init__(self, path: str | None):
+        super().__init__()
         self.path = path
-        super().__init__(sys.stderr if path is None else open(path, "a", buffering=1))
+        self.sink = Sink(path)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.sink.write((self.format(record) + "\n").encode("utf-8", "backslashreplace"))
+        except Exception:  # a log record must never take the process down
+            self.handleError(record)
 
     def reopen(self) -> None:
-        if self.path is None:
-            return
-        self.acquire()
-        try:
-            old = self.stream
-            self.stream = open(self.path, "a", buffering=1)
-            old.close()
-        finally:
-            self.release()
+        failed = self.sink.reopen()
+        if failed is not None:
+            log(logging.ERROR, "cannot reopen the error log; still writing to the old file",
+                path=self.path, error=failed.strerror or str(failed))
+
+    def close(self) -> None:
+        self.sink.close()
+        super().close()
 
 
-_handler: _ReopenableHandler | None = None
+_handler: SinkHandler | None = None
 _access: "AccessLog | None" = None
 
 
 def setup(level: str, fmt: str, error_log: str | None, role: str) -> None:
     """(Re)configure the error log for this process (master or worker)."""
     global _handler
+    new = SinkHandler(error_log)
     if _handler is not None:
         logger.removeHandler(_handler)
-        if _handler.path is not None:
-            _handler.stream.close()
-    _handler = _ReopenableHandler(error_log)
+        _handler.close()
+    _handler = new
     _handler.setFormatter(JsonFormatter(role) if fmt == "json" else TextFormatter(role))
     logger.addHandler(_handler)
     logger.setLevel(level.upper())
@@ -107,40 +122,49 @@ def log(level: int, msg: str, **fields) -> None:
 
 class AccessLog:
     """Buffered access log.  ``record`` takes the request's facts; the worker calls
-    ``flush`` periodically and at exit."""
+    ``flush`` periodically and at exit.  ``enabled`` is False for ``access_log: null``."""
 
     def __init__(self, target: str | None, fmt: str):
         self.target = target
         self.json = fmt == "json"
-        self.fd = -1
-        self._own = False
+        self.enabled = target is not None
+        self.sink: Sink | None = None
+        if self.enabled:
+            try:
+                self.sink = Sink(target)
+            except OSError as e:
+                self.sink = Sink(None)
+                log(logging.ERROR, "cannot open the access log; writing it to stderr",
+                    path=target, error=e.strerror or str(e))
         self._buf: list[bytes] = []
         self._size = 0
         self._last = time.monotonic()
-        self.reopen()
-
-    @property
-    def enabled(self) -> bool:
-        return self.fd >= 0
 
     def reopen(self) -> None:
         self.flush()
-        if self._own:
-            os.close(self.fd)
-        self._own = False
-        if self.target is None:
-            self.fd = -1
-        elif self.target == "-":
-            self.fd = sys.stdout.fileno()
-        else:
-            self.fd = os.open(self.target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            self._own = True
+        if self.sink is None:
+            return
+        if self.sink.target != self.target:  # fell back to stderr at start: try again
+            try:
+                sink = Sink(self.target)
+            except OSError as e:
+                log(logging.ERROR, "cannot reopen the access log; still writing to stderr",
+                    path=self.target, error=e.strerror or str(e))
+                return
+            sink.dropped = self.sink.dropped
+            self.sink.close()
+            self.sink = sink
+            return
+        failed = self.sink.reopen()
+        if failed is not None:
+            log(logging.ERROR, "cannot reopen the access log; still writing to the old file",
+                path=self.target, error=failed.strerror or str(failed))
 
     def record(self, listener: str, client: str, method: str, target: str,
                status: int, rule: str | None = None, action: str | None = None,
                bytes_in: int = 0, bytes_out: int = 0, duration: float = 0.0,
                upstream: str | None = None, reason: str | None = None) -> None:
-        if self.fd < 0:
+        if self.sink is None:
             return
         now = time.time()
         if self.json:
@@ -162,23 +186,23 @@ class AccessLog:
             self.flush()
 
     def flush(self) -> None:
-        if not self._buf or self.fd < 0:
+        if self.sink is None:
             self._buf.clear()
             self._size = 0
             return
-        data = b"".join(self._buf)
-        self._buf.clear()
-        self._size = 0
-        try:
-            while data:
-                n = os.write(self.fd, data)
-                data = data[n:]
-        except OSError:
-            pass
+        if self._buf:
+            lines = len(self._buf)
+            data = b"".join(self._buf)
+            self._buf.clear()
+            self._size = 0
+            self.sink.write(data, lines)
+        elif self.sink.pending:
+            self.sink.flush()
 
     def maybe_flush(self) -> None:
         now = time.monotonic()
-        if self._buf and now - self._last >= FLUSH_INTERVAL:
+        if (self._buf or (self.sink is not None and self.sink.pending)) \
+                and now - self._last >= FLUSH_INTERVAL:
             self._last = now
             self.flush()
 
@@ -194,7 +218,42 @@ def open_access(target: str | None, fmt: str) -> AccessLog:
 
 
 def reopen() -> None:
+    """USR1: reopen both logs by path; failures are logged, never raised."""
     if _handler is not None:
         _handler.reopen()
     if _access is not None:
         _access.reopen()
+
+
+def dropped() -> int:
+    """Log lines this process dropped so far (both logs): their readers stalled."""
+    n = 0
+    if _handler is not None:
+        n += _handler.sink.dropped
+    if _access is not None and _access.sink is not None:
+        n += _access.sink.dropped
+    return n
+
+
+_drops = {"counted": 0, "warned": 0, "at": 0.0}
+
+
+def report_drops() -> int:
+    """Called periodically: the lines dropped since the last call (for the metric), and
+    a warning line about them at most every DROP_REPORT_INTERVAL seconds."""
+    total = dropped()
+    new = total - _drops["counted"]
+    _drops["counted"] = total
+    now = time.monotonic()
+    if total > _drops["warned"] and now - _drops["at"] >= DROP_REPORT_INTERVAL:
+        log(logging.WARNING, "log lines dropped: a log reader is not keeping up",
+            dropped=total - _drops["warned"], total=total)
+        _drops["warned"] = total
+        _drops["at"] = now
+    return max(new, 0)
+
+
+def flush_pending() -> None:
+    """Retry what the error log's destination did not take yet."""
+    if _handler is not None and _handler.sink.pending:
+        _handler.sink.flush()

@@ -119,6 +119,7 @@ class WorkerMetrics:
         self._health = Gauge(f"{p}_upstream_healthy",
                              "1 when this worker considers the upstream healthy",
                              ["reverse", "upstream"], multiprocess_mode="livemin")
+        self._log_dropped = log_dropped_counter(p)
         self._counts: dict[tuple, _Count] = {}
         self._hists: dict[tuple, _Hist] = {}
         self._active_n: dict[str, int] = {}
@@ -200,6 +201,9 @@ class WorkerMetrics:
                 active[listener] -= 1
         return counted
 
+    def log_dropped(self, n: int) -> None:
+        self._log_dropped.inc(n)
+
     def flush(self) -> None:
         for acc in self._counts.values():
             acc.flush()
@@ -209,8 +213,17 @@ class WorkerMetrics:
             self._active.labels(listener).set(n)
 
 
+def log_dropped_counter(prefix: str) -> Counter:
+    # Master and workers both count it; a forked worker must not register the name twice
+    # (multiprocess values live in files whatever the registry).
+    return Counter(f"{prefix}_log_lines_dropped_total",
+                   "Log lines dropped because the log's reader did not keep up",
+                   registry=None)
+
+
 class MasterMetrics:
     def __init__(self, prefix: str):
+        self.log_dropped = log_dropped_counter(prefix)
         self.restarts = Counter(f"{prefix}_worker_restarts_total", "Workers respawned")
         self.reloads = Counter(f"{prefix}_reloads_total", "Reloads by outcome", ["result"])
         for result in ("ok", "invalid", "failed"):

@@ -264,9 +264,26 @@ class Conn:
 
 
 
+# accept() failing for want of this host's resources: pause, retry, never a traceback
+_ACCEPT_SHORTAGE = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+# a connection that went away before we took it: nothing to do
+_ACCEPT_GONE = frozenset((errno.ECONNABORTED, errno.EPROTO, errno.EINTR))
+ACCEPT_REPORT_INTERVAL = 10.0
+
+
 class Acceptor(StreamServer):
     """One accept loop on one listening socket; hands out plain sockets (the edges wrap
-    them in :class:`Conn`), not gevent socket objects."""
+    them in :class:`Conn`), not gevent socket objects.
+
+    When the host runs out of descriptors or buffers (EMFILE, ENFILE, ENOBUFS, ENOMEM),
+    accepting pauses (50 ms, doubling up to 1 s, until an accept succeeds) and one log
+    line says so at most every :data:`ACCEPT_REPORT_INTERVAL` seconds, with the count of
+    failures it stands for: the queued connections wait in the backlog meanwhile."""
+
+    _pause_delay = 0.05
+    _reported_at = -1e18
+    _failures = 0
+    _pause_timer = None
 
     def do_read(self):
         sock = self.socket
@@ -274,10 +291,37 @@ class Acceptor(StreamServer):
             fd, address = sock._accept()
         except BlockingIOError:
             return None
+        except OSError as e:
+            if e.errno in _ACCEPT_GONE:
+                return None
+            if e.errno not in _ACCEPT_SHORTAGE:
+                raise
+            self._pause(e)
+            return None
+        self._pause_delay = 0.05
         return socket.socket(sock.family, sock.type, sock.proto, fileno=fd), address
+
+    def _pause(self, error: OSError) -> None:
+        self._failures += 1
+        now = monotonic()
+        if now - self._reported_at >= ACCEPT_REPORT_INTERVAL:
+            from . import log
+
+            log.log(40, "accept failed: this host is out of resources; pausing accepts",
+                    address=str(self.address), error=error.strerror or str(error),
+                    failures=self._failures, pause_ms=int(self._pause_delay * 1000))
+            self._reported_at = now
+            self._failures = 0
+        self.stop_accepting()
+        if self._pause_timer is not None:
+            self._pause_timer.close()
+        self._pause_timer = self.loop.timer(self._pause_delay)
+        self._pause_timer.start(self._start_accepting_if_started)
+        self._pause_delay = min(1.0, self._pause_delay * 2)
 
     def do_close(self, sock, *args):
         sock.close()
+
 
 class Sweeper:
     """One per worker: every ``interval`` seconds, wake connections whose deadline passed."""

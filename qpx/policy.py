@@ -27,6 +27,7 @@ from .config import model as m
 from .config.errors import ConfigError, Issue
 from .http import writer
 from .http.headers import HeaderOps, rust_template
+from .http.request import Limits
 from .rules import MatchContext, RuleSet, parse_ip
 
 # --------------------------------------------------------------------------- pieces
@@ -174,9 +175,18 @@ class Users:
 # --------------------------------------------------------------------------- listeners
 
 
+def entry_limits(rt: m.Runtime, underscores: bool, max_body: int | None) -> Limits:
+    """The request limits of one listener or reverse entry: the runtime's, with the
+    entry's own underscore policy and body limit (falling back to the runtime's)."""
+    return Limits(rt.max_request_line_bytes, rt.max_header_bytes, rt.max_header_count,
+                  underscores, rt.max_request_body_bytes if max_body is None else max_body)
+
+
 class ListenerPolicy:
     def __init__(self, cfg: m.Config, lst: m.Listener):
         self.model = lst
+        self.limits = entry_limits(cfg.runtime, lst.underscores_in_headers,
+                                   lst.max_request_body_bytes)
         self.name = lst.name
         self.mode = lst.mode
         self.default = self._action(cfg, lst.default_action, lst)
@@ -263,6 +273,8 @@ class CompiledRoute:
 class ReversePolicy:
     def __init__(self, cfg: m.Config, rv: m.Reverse):
         self.model = rv
+        self.limits = entry_limits(cfg.runtime, rv.underscores_in_headers,
+                                   rv.max_request_body_bytes)
         self.name = rv.name
         self.routes = [CompiledRoute(i, r) for i, r in enumerate(rv.routes)]
         self.ruleset = RuleSet.compile([r.match for r in rv.routes])

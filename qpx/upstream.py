@@ -4,8 +4,10 @@
   the hub's threadpool, sized by ``runtime.max_blocking_threads``) for ``ttl`` seconds.
   The addresses it returns are the ones dialed: no second lookup (DNS rebinding).
 - :func:`is_local_destination` is the SSRF guard of reliability-anchors qpxd-R24:
-  loopback, unspecified, link-local and multicast targets are refused unless a listener
-  sets ``allow_local_destinations``.
+  loopback, unspecified, link-local and multicast targets, and the host's own interface
+  addresses (:mod:`qpx.hostaddrs`), in every form (IPv4-mapped too), are refused unless
+  a listener sets ``allow_local_destinations``; :func:`is_own_listener` is the loop
+  guard, over the same forms.
 - :class:`Target` names where a request goes (the endpoint to dial, its pool key and
   log label); :class:`TargetCache` builds them once per host for the forward edge.
 - :class:`ConnectionPool` keeps idle keep-alive upstream connections per key, most
@@ -21,6 +23,7 @@ import ipaddress
 import socket
 import time
 
+from .hostaddrs import host_addresses
 from .http.writer import authority, hostport
 from .netio import Conn, DeadlineExceeded, Sweeper, open_connection
 
@@ -34,39 +37,40 @@ def literal_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | Non
         return None
 
 
-def is_local_destination(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+def canonical_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+                 ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An IPv4-mapped IPv6 address (``::ffff:127.0.0.1``) as the IPv4 address it is."""
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback or ip.is_unspecified or ip.is_link_local or ip.is_multicast
+        return ip.ipv4_mapped
+    return ip
 
 
-_local_cache: dict[str, bool] = {}
+def is_local_destination(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Loopback, unspecified, link-local, multicast, or one of the host's own interface
+    addresses (in any of their forms)."""
+    ip = canonical_ip(ip)
+    return ip.is_loopback or ip.is_unspecified or ip.is_link_local or ip.is_multicast \
+        or str(ip) in host_addresses()
 
 
-def is_local_address(ip: str) -> bool:
-    """True when ``ip`` is an address of this host (binding to it succeeds)."""
-    hit = _local_cache.get(ip)
-    if hit is None:
-        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-        try:
-            with socket.socket(family, socket.SOCK_DGRAM) as s:
-                s.bind((ip, 0))
-            hit = True
-        except OSError:
-            hit = False
-        if len(_local_cache) > 1024:
-            _local_cache.clear()
-        _local_cache[ip] = hit
-    return hit
-
-
-def is_own_listener(own: set[tuple[str, int]], ip: str, port: int) -> bool:
-    """Whether (ip, port) reaches one of our listening sockets (loop guard), counting
-    wildcard listeners on any local address."""
+def is_own_listener(own: set[tuple[str, int]] | frozenset, ip: str, port: int) -> bool:
+    """Whether (ip, port) reaches one of our listening sockets (loop guard).  Every form
+    counts: IPv4-mapped addresses, the unspecified address (a connect to ``0.0.0.0`` or
+    ``::`` reaches this host), loopback and the host's own addresses for wildcard
+    listeners."""
     if (ip, port) in own:
         return True
+    addr = literal_ip(ip)
+    if addr is None:
+        return False
+    addr = canonical_ip(addr)
+    text = str(addr)
+    if (text, port) in own:
+        return True
+    if addr.is_unspecified:
+        return any(p == port for _, p in own)
     if ("0.0.0.0", port) in own or ("::", port) in own:
-        return is_local_address(ip)
+        return addr.is_loopback or text in host_addresses()
     return False
 
 
@@ -168,13 +172,10 @@ class ConnectionPool:
         limit = now - self.idle_timeout
         while stack:
             since, conn, parser = stack.pop()
-            # Bytes waiting on an idle connection mean the peer is out of step with us
-            # (qpxd-R16): never lend it.  FIONREAD says so without an exception.  A
-            # connection used within the last second skips the MSG_PEEK that detects
-            # EOF; if the peer closed it anyway, the exchange retries once on a fresh
-            # connection (nothing was received: safe to replay).
-            if since >= limit and not conn.pending() and (now - since < 1.0
-                                                          or conn.peek_alive()):
+            # Checked before every reuse, with one non-blocking peek: bytes waiting mean
+            # the peer is out of step with us (qpxd-R16), EOF that it closed the
+            # connection (a request sent on it would be lost with its streaming body).
+            if since >= limit and conn.peek_alive():
                 return conn, parser
             conn.close()
         return None

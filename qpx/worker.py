@@ -191,7 +191,11 @@ class Worker:
             access = log.access()
             if access is not None:
                 access.maybe_flush()
+            log.flush_pending()
+            dropped = log.report_drops()
             if self.metrics is not None:
+                if dropped:
+                    self.metrics.log_dropped(dropped)
                 self.metrics.flush()
             ticks += 1
             if ticks % 10 == 0:

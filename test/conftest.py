@@ -76,6 +76,7 @@ class Daemon:
         self.env = env
         self.args = args or []
         self.proc: subprocess.Popen | None = None
+        self.preexec = None  # run in the child before exec (limits, ...)
         self.known_pids: set[int] = set()
         self.write(config)
 
@@ -91,7 +92,7 @@ class Daemon:
         self._out = open(self.outlog, "ab")
         self.proc = subprocess.Popen(QPXD + ["-c", str(self.path)] + self.args,
                                      stdout=self._out, stderr=self._err, env=env,
-                                     cwd=self.tmp)
+                                     cwd=self.tmp, preexec_fn=self.preexec)
         self.known_pids.add(self.proc.pid)
         if wait:
             self.wait_log("qpxd ready", timeout)

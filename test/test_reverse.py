@@ -47,7 +47,7 @@ def test_host_and_path_routing_in_order(qpxd, origin):
     status, head, body = get(port, "status.test", "/anything")
     assert status == 200 and body == b'{"ok":true}' and b"X-Local: 1" in head
     status, head, body = get(port, "nope.test")
-    assert status == 404 and body == b"reverse error"
+    assert status == 404 and body == b"reverse error\nno route matches\n"
     assert b"GET /api/v1?x=1 HTTP/1.1" in a.requests[0][0]
 
 

@@ -316,6 +316,8 @@ class Builder:
             connect_ports=tuple(raw["connect_ports"]) if raw.get("connect_ports") is not None
             else (443,),
             allow_local_destinations=raw.get("allow_local_destinations", False),
+            underscores_in_headers=raw.get("underscores_in_headers", False),
+            max_request_body_bytes=raw.get("max_request_body_bytes"),
         )
 
     # ------------------------------------------------------------------ reverse
@@ -409,6 +411,8 @@ class Builder:
                                                      path + ("connection_filter",)),
             enforce_sni_host_match=raw.get("enforce_sni_host_match", True),
             sni_host_exceptions=exceptions,
+            underscores_in_headers=raw.get("underscores_in_headers", False),
+            max_request_body_bytes=raw.get("max_request_body_bytes"),
         )
 
     # ------------------------------------------------------------------ top level

@@ -165,6 +165,9 @@ class Listener:
     # loopback / unspecified / link-local addresses may be reached at all.
     connect_ports: tuple[int, ...] = (443,)
     allow_local_destinations: bool = False
+    # ours: header names with "_" are refused unless allowed (CGI/WSGI read them as "-")
+    underscores_in_headers: bool = False
+    max_request_body_bytes: int | None = None  # None: runtime.max_request_body_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +239,8 @@ class Reverse:
     connection_filter: tuple[FilterRule, ...] = ()
     enforce_sni_host_match: bool = True
     sni_host_exceptions: tuple[str, ...] = ()
+    underscores_in_headers: bool = False  # ours, as on listeners
+    max_request_body_bytes: int | None = None  # ours, as on listeners
 
 
 # --------------------------------------------------------------------------- global blocks
@@ -269,6 +274,7 @@ class Messages:
     loop_detected: str = "loop detected"
     misdirected_request: str = "misdirected request"
     not_implemented: str = "not implemented"
+    payload_too_large: str = "payload too large"
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +301,7 @@ class Runtime:
     max_header_bytes: int = 32768
     max_request_line_bytes: int = 8192
     max_header_count: int = 100
+    max_request_body_bytes: int | None = None  # None: unlimited
     client_keepalive_timeout_ms: int = 15000
     client_body_timeout_ms: int = 30000
     send_timeout_ms: int = 30000

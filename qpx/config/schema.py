@@ -241,6 +241,8 @@ LISTENER = {
     Optional("connection_filter"): Nullable(List(CONNECTION_FILTER)),
     Optional("connect_ports"): Nullable(List(Port)),
     Optional("allow_local_destinations"): Bool,
+    Optional("underscores_in_headers"): Bool,
+    Optional("max_request_body_bytes"): Nullable(Int(0)),
 }
 
 HEALTH_CHECK = {Optional("interval_ms"): Ms, Optional("timeout_ms"): Ms,
@@ -315,6 +317,8 @@ REVERSE = {
     Optional("sni_host_exceptions"): Nullable(List(Str)),
     Optional("routes"): Nullable(List(ROUTE)),
     Optional("tls_passthrough_routes"): Nullable(List(TLS_PASSTHROUGH_ROUTE)),
+    Optional("underscores_in_headers"): Bool,
+    Optional("max_request_body_bytes"): Nullable(Int(0)),
 }
 
 RUNTIME = {
@@ -338,6 +342,7 @@ RUNTIME = {
     Optional("worker_timeout_ms"): Int(2000),
     Optional("max_concurrent_connections"): Int(1),
     Optional("max_header_count"): Int(1),
+    Optional("max_request_body_bytes"): Nullable(Int(0)),
     Optional("cpu_affinity"): Nullable(Any(Str, List(Int(0)))),
     Optional("cpu_affinity_iface"): Nullable(Str),
 }
@@ -347,7 +352,7 @@ MESSAGE_KEYS = (
     "reverse_error", "cache_miss", "unsupported_ftp_method", "ftp_disabled",
     "connect_udp_disabled", "upstream_connect_udp_failed", "bad_request",
     "gateway_timeout", "no_healthy_upstream", "loop_detected", "misdirected_request",
-    "not_implemented",
+    "not_implemented", "payload_too_large",
 )
 
 EXPORTER = {

@@ -38,9 +38,10 @@ class HttpEdge:
     """Accept → prologue → HTTP session loop; subclasses implement :meth:`handle_request`
     and return whether the connection may carry another request."""
 
-    def __init__(self, services: Services, name: str, xdp, trusted, filt):
+    def __init__(self, services: Services, name: str, xdp, trusted, filt, limits=None):
         self.services = services
         self.name = name
+        self.limits = limits if limits is not None else services.limits
         self.xdp = xdp
         self.trusted = trusted
         self.filter = filt
@@ -53,9 +54,15 @@ class HttpEdge:
             initial = prologue(conn, client, services, self.name, self.xdp, self.trusted,
                                self.filter)
             if initial is not None:
-                self.start(ClientSession(conn, services, client, self.name, initial))
+                self.start(ClientSession(conn, services, client, self.name, initial,
+                                         self.limits))
         except (OSError, DeadlineExceeded):
             pass
+        except BaseException:
+            # Killed (the worker's graceful timeout): whatever this connection was
+            # sending is cut short, and a reset says so where a FIN would not.
+            conn.abort()
+            raise
         finally:
             conn.close()
 
@@ -74,13 +81,15 @@ class HttpEdge:
                 if not self.handle_request(session, req, started):
                     return
             except HttpError as e:
-                n = session.error(e.status, e.message, req, e.headers)
+                n = session.error(e.status, e.message, req, e.headers, e.reason)
                 session.log_request(req, e.status, started, bytes_out=n, reason=e.reason)
+                session.linger()
                 return
             except UpstreamError as e:
                 n = session.error(e.status, self.upstream_message(e), req)
                 session.log_request(req, e.status, started, bytes_out=n, reason=e.reason,
                                     action="upstream-error", upstream=e.upstream)
+                session.linger()
                 return
             except ClientGone as e:
                 self._client_gone(session, req, started, e)
@@ -116,6 +125,8 @@ class HttpEdge:
             metrics.upstream_latency(self.name, result.head_latency)
         session.log_request(req, result.status, started, rule, action, result.bytes_in,
                             result.bytes_out, result.upstream)
+        if result.early:  # the client may still be sending the body nobody reads
+            session.linger()
         return not session.closing
 
     def upstream_message(self, e: UpstreamError) -> str:

@@ -18,9 +18,17 @@ connection under us: nothing was processed).
 
 from __future__ import annotations
 
+import errno
 import time
 
-from ..bodies import BodyFramingError, EarlyEOF, SinkError, SourceError, relay_body
+from ..bodies import (
+    BodyFramingError,
+    BodyTooLarge,
+    EarlyEOF,
+    SinkError,
+    SourceError,
+    relay_body,
+)
 from ..http import writer
 from ..http.chunked import ChunkedDecoder, ChunkError, encode_chunks
 from ..http.errors import BadResponse, HttpError, UpstreamError
@@ -35,14 +43,22 @@ from .session import ClientGone, ClientSession
 
 monotonic = time.monotonic
 
+# This host, not the upstream, ran out of something: never the upstream's fault.
+LOCAL_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+# How long an upstream that stopped taking the request body gets to show the response
+# it sent (RFC 9112 §9.5: an early answer, e.g. 413, is relayed, not lost).
+EARLY_ANSWER_WAIT = 1.0
+
 
 class ExchangeResult:
     """What an exchange did: the status relayed, bytes from the client (body) and to it,
     the upstream's label, the connect + response-head latency, the bytes the client sent
-    past this request (``client_rest``) and whether its connection must close."""
+    past this request (``client_rest``), whether its connection must close, and whether
+    the upstream answered before taking the whole body (``early``: the rest of the
+    client's body is unread)."""
 
     __slots__ = ("status", "bytes_in", "bytes_out", "upstream", "head_latency",
-                 "client_rest", "close")
+                 "client_rest", "close", "early")
 
     def __init__(self, upstream: str):
         self.status = 0
@@ -52,6 +68,7 @@ class ExchangeResult:
         self.head_latency = 0.0
         self.client_rest = b""
         self.close = False
+        self.early = False
 
 
 def dial(services: Services, listener: str, target: Target, deadline: float) -> Conn:
@@ -79,6 +96,10 @@ def dial(services: Services, listener: str, target: Target, deadline: float) -> 
         raise UpstreamError(504, f"connecting to {label} timed out", sent=False,
                             upstream=label) from None
     except OSError as e:
+        if e.errno in LOCAL_ERRNOS:
+            raise UpstreamError(503, f"connecting to {label}: this host is out of "
+                                     f"resources ({e.strerror or e})", sent=False,
+                                upstream=label, local=True) from None
         raise UpstreamError(502, f"connecting to {label}: {e.strerror or e}", sent=False,
                             upstream=label) from None
     if services.metrics is not None:
@@ -90,7 +111,8 @@ class UpstreamExchange:
     """One request/response exchange with one upstream target."""
 
     __slots__ = ("session", "services", "req", "target", "label", "control", "upgrade",
-                 "data", "rest", "pending", "decoder", "conn", "parser", "result")
+                 "data", "rest", "pending", "decoder", "conn", "parser", "result", "early",
+                 "max_body")
 
     def __init__(self, session: ClientSession, req: Request, target: Target,
                  control: HeaderOps | None = None, upgrade: bool = False):
@@ -104,6 +126,8 @@ class UpstreamExchange:
         self.conn: Conn | None = None
         self.parser: ResponseHeadParser | None = None
         self.result = ExchangeResult(target.label)
+        self.early = False  # the upstream answered before taking the whole body
+        self.max_body = session.limits.max_body
 
     # ------------------------------------------------------------------ request
 
@@ -111,34 +135,40 @@ class UpstreamExchange:
         """Decode the chunked body bytes already here before anything goes upstream: a
         malformed start is refused with nothing sent (the upstream never sees a doomed
         request)."""
-        decoder = ChunkedDecoder(self.services.limits.max_head)
+        decoder = ChunkedDecoder(self.session.limits.max_head)
         try:
             pieces = decoder.feed(buf)
         except ChunkError as e:
             raise HttpError(400, f"bad request body: {e}", "bad_request") from None
+        size = sum(len(p) for p in pieces)
+        if self.max_body is not None and size > self.max_body:
+            raise too_large(self.max_body)
         self.data = head + encode_chunks(pieces, decoder.done)
-        self.result.bytes_in = sum(len(p) for p in pieces)
+        self.result.bytes_in = size
         self.rest = decoder.rest if decoder.done else b""
         self.pending = not decoder.done
         self.decoder = decoder
 
-    def _send_on(self, conn: Conn) -> None:
-        """Write the request (head, and the body as the client sends it)."""
+    def _send_on(self, conn: Conn) -> UpstreamError | None:
+        """Write the request (head, and the body as the client sends it).  When the
+        upstream stops taking it (reset, or no longer reading), the failure is returned,
+        not raised: the upstream may have answered early, and that answer is the one to
+        relay (:meth:`_send`)."""
         services = self.services
         req = self.req
         try:
             conn.sendall(self.data, services.send_timeout)
         except DeadlineExceeded:
-            raise UpstreamError(504, "sending to upstream timed out",
-                                upstream=self.label) from None
+            return UpstreamError(504, "sending to upstream timed out", upstream=self.label)
         except OSError as e:
-            # Nothing of a response yet: a pooled connection the peer had closed (EPIPE,
-            # ECONNRESET) is stale; whatever it did with the bytes, it answered nothing.
-            raise UpstreamError(502, f"sending to upstream: {e.strerror or e}", stale=True,
-                                upstream=self.label) from None
+            # A pooled connection the peer had closed (EPIPE, ECONNRESET) is stale;
+            # whatever it did with the bytes, it answered nothing, and all of them are
+            # still here to send again.
+            return UpstreamError(502, f"sending to upstream: {e.strerror or e}", stale=True,
+                                 upstream=self.label)
         self.result.client_rest = self.rest
         if not self.pending:
-            return
+            return None
         client = self.session.conn
         if req.expect_continue:
             try:
@@ -150,16 +180,20 @@ class UpstreamExchange:
             self.result.client_rest, n = relay_body(
                 client, conn, self.rest, framing, req.content_length or 0, framing,
                 idle=services.body_timeout, send_timeout=services.send_timeout,
-                pool=services.buffers, max_trailer=services.limits.max_head,
-                decoder=self.decoder)
+                pool=services.buffers, max_trailer=self.session.limits.max_head,
+                decoder=self.decoder,
+                limit=-1 if self.max_body is None else self.max_body - self.result.bytes_in)
+        except BodyTooLarge:
+            raise too_large(self.max_body) from None
         except BodyFramingError as e:
             raise HttpError(400, f"bad request body: {e}", "bad_request") from None
         except (EarlyEOF, SourceError) as e:
             raise ClientGone(f"request body incomplete: {e}") from None
         except SinkError as e:
-            raise UpstreamError(504 if e.timeout else 502, f"sending the body upstream: {e}",
-                                upstream=self.label) from None
+            return UpstreamError(504 if e.timeout else 502, f"sending the body upstream: {e}",
+                                 upstream=self.label)
         self.result.bytes_in += n
+        return None
 
     def _read_head(self, conn: Conn, parser, deadline: float) -> tuple[Response, bytes]:
         """The next final (or 101) response head and the bytes read after it; 1xx
@@ -167,7 +201,7 @@ class UpstreamExchange:
         safe: the connection closed or reset before a single response byte."""
         data = b""
         got = False  # any response byte at all (an informational head counts)
-        max_head = self.services.limits.max_head * 2
+        max_head = self.session.limits.max_head * 2
         label = self.label
         while True:
             parser = parser.reset() if parser is not None else ResponseHeadParser(max_head)
@@ -202,11 +236,14 @@ class UpstreamExchange:
             self.parser = parser
             return resp, parser.rest
 
-    def _send(self, deadline: float) -> tuple[Response, bytes]:
-        """Write the request and read the response head.  A pooled connection found
-        closed (EOF or reset before any response byte) is replaced by a fresh one once,
-        when the whole request is still in memory.  The upstream connection is closed
-        on every failure."""
+    def _send(self, deadline: float, timeout: float) -> tuple[Response, bytes]:
+        """Write the request and read the response head: by ``deadline`` (connect and
+        response head), or ``timeout`` after the last body byte went out when the body
+        was streamed (a slow client is the body timeout's business, not the
+        upstream's).  A pooled connection found closed (EOF or reset before any response
+        byte) is replaced by a fresh one once, when nothing of the request was taken
+        yet.  An upstream that stopped taking the body but answered gets its answer
+        relayed.  The upstream connection is closed on every failure."""
         services = self.services
         pooled = None if self.upgrade else services.pool.get(self.target.key)
         conn, parser = pooled if pooled is not None else (None, None)
@@ -215,20 +252,40 @@ class UpstreamExchange:
             if conn is None:
                 conn = dial(services, self.session.name, self.target, deadline)
             try:
-                self._send_on(conn)
-                head = self._read_head(conn, parser, deadline)
+                failed = self._send_on(conn)
+                if self.pending and failed is None:
+                    deadline = max(deadline, monotonic() + timeout)
+                if failed is None:
+                    head = self._read_head(conn, parser, deadline)
+                else:
+                    head = self._early_answer(conn, parser, failed, deadline)
                 self.conn = conn
                 return head
             except UpstreamError as e:
                 conn.abort()
                 conn = parser = None
-                if reused and e.stale and not self.pending:
+                if reused and e.stale:
                     reused = False
                     continue
                 raise
             except BaseException:
                 conn.abort()
                 raise
+
+    def _early_answer(self, conn: Conn, parser, failed: UpstreamError,
+                      deadline: float) -> tuple[Response, bytes]:
+        """The upstream stopped taking the request: the response it sent before, if
+        any (relayed, then both connections close); else ``failed`` is raised."""
+        try:
+            resp, rest = self._read_head(
+                conn, parser, min(deadline, monotonic() + EARLY_ANSWER_WAIT))
+        except UpstreamError:
+            raise failed from None
+        if resp.status == 101:
+            raise failed
+        self.early = self.result.early = True
+        self.result.client_rest = b""  # the rest of the client's body stays unread
+        return resp, rest
 
     # ------------------------------------------------------------------ response
 
@@ -249,7 +306,9 @@ class UpstreamExchange:
             self.result.bytes_in = n
         elif req.chunked and buf:
             self._decode_start(head, buf)
-        resp, rest = self._send(started + timeout)
+        if self.max_body is not None and (req.content_length or 0) > self.max_body:
+            raise too_large(self.max_body)
+        resp, rest = self._send(started + timeout, timeout)
         self.result.head_latency = monotonic() - started
         if resp.status == 101:
             if not self.upgrade:
@@ -264,12 +323,12 @@ class UpstreamExchange:
         conn = self.conn
         client = self.session.conn
         result = self.result
-        framing = writer.choose_framing(req, resp, self.session.wants_close(req))
+        framing = writer.choose_framing(req, resp, self.early or self.session.wants_close(req))
         out_head = writer.response_head(req, resp, framing, services.policy.via_line,
                                         self.control)
         result.status = resp.status
         inbound, outbound, result.close = framing
-        reusable = resp.keep_alive and inbound != "eof"
+        reusable = resp.keep_alive and inbound != "eof" and not self.early
         keep_parser = False
         try:
             length = resp.content_length or 0
@@ -295,7 +354,7 @@ class UpstreamExchange:
                     conn, client, rest, inbound, length, outbound,
                     idle=max(timeout, services.body_timeout),
                     send_timeout=services.send_timeout, pool=services.buffers,
-                    max_trailer=services.limits.max_head)
+                    max_trailer=self.session.limits.max_head)
                 result.bytes_out += n
         except (BodyFramingError, EarlyEOF, SourceError) as e:
             # The upstream broke the body: the client must not take a truncated message
@@ -334,3 +393,7 @@ class UpstreamExchange:
         finally:
             conn.close()
         return result
+
+
+def too_large(limit: int) -> HttpError:
+    return HttpError(413, f"request body over {limit} bytes", "payload_too_large")

@@ -44,7 +44,8 @@ monotonic = time.monotonic
 
 class ForwardEdge(HttpEdge):
     def __init__(self, lp: ListenerPolicy, services: Services):
-        super().__init__(services, lp.name, lp.model.xdp, lp.trusted, lp.filter)
+        super().__init__(services, lp.name, lp.model.xdp, lp.trusted, lp.filter,
+                         lp.limits)
         self.lp = lp
         self.guard = not lp.model.allow_local_destinations
         self.targets = TargetCache(self.guard)

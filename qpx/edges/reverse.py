@@ -66,7 +66,8 @@ def rewrite_path(route: CompiledRoute, target: str) -> str:
 
 class ReverseEdge(HttpEdge):
     def __init__(self, rp: ReversePolicy, services: Services):
-        super().__init__(services, rp.name, rp.model.xdp, rp.trusted, rp.filter)
+        super().__init__(services, rp.name, rp.model.xdp, rp.trusted, rp.filter,
+                         rp.limits)
         self.rp = rp
         metrics = services.metrics
         on_change = self._health_changed if metrics is not None else None
@@ -148,7 +149,8 @@ class ReverseEdge(HttpEdge):
                 result = UpstreamExchange(session, req, endpoint.target, control,
                                           req.upgrade is not None).run(head, route.timeout)
             except UpstreamError as e:
-                endpoint.failure()
+                if not e.local:  # this host's shortage is not the upstream's failure
+                    endpoint.failure()
                 tried = tried | {endpoint} if tried else {endpoint}
                 if attempt < route.attempts and ((not e.sent) or
                                                  (retryable and e.before_response)):

@@ -15,7 +15,7 @@ import time
 
 from ..http import writer
 from ..http.errors import HttpError
-from ..http.request import Request, RequestHeadParser
+from ..http.request import Limits, Request, RequestHeadParser
 from ..netio import Conn, DeadlineExceeded
 from .prologue import Client, closed_before_http
 from .services import DRAIN_GRACE, Services
@@ -23,6 +23,13 @@ from .services import DRAIN_GRACE, Services
 monotonic = time.monotonic
 
 TEXT_PLAIN = (b"content-type", b"Content-Type", b"text/plain; charset=utf-8")
+
+# Lingering close (nginx's lingering_close): after an answer that leaves client bytes
+# unread, read and discard for this long / this much before closing, so the kernel does
+# not answer the unread bytes with a reset that can destroy the answer in flight.
+LINGER_TIME = 5.0
+LINGER_TIME_STOPPING = 1.0
+LINGER_BYTES = 65536
 
 
 class ClientGone(Exception):
@@ -37,11 +44,12 @@ class ClientSession:
     """The server side of one client connection."""
 
     __slots__ = ("conn", "services", "client", "name", "buf", "closing", "requests", "target",
-                 "parser", "idle_since")
+                 "parser", "idle_since", "limits")
 
     def __init__(self, conn: Conn, services: Services, client: Client, name: str,
-                 initial: bytes):
+                 initial: bytes, limits: Limits | None = None):
         self.conn = conn
+        self.limits = limits if limits is not None else services.limits
         self.services = services
         self.client = client
         self.name = name
@@ -64,6 +72,24 @@ class ClientSession:
     def end_after_this(self) -> None:
         """The connection ends after the current exchange (tunnels, upgrades)."""
         self.closing = True
+
+    def linger(self) -> None:
+        """Half-close, then discard what the client still sends (up to
+        :data:`LINGER_BYTES`, for :data:`LINGER_TIME` seconds) until it closes too."""
+        conn = self.conn
+        self.closing = True
+        conn.shutdown_write()
+        conn.deadline = monotonic() + (LINGER_TIME_STOPPING if self.services.stopping
+                                       else LINGER_TIME)
+        left = LINGER_BYTES
+        try:
+            while left > 0:
+                data = conn.recv()
+                if not data:
+                    return
+                left -= len(data)
+        except (OSError, DeadlineExceeded):
+            pass
 
     def drain(self, now: float) -> None:
         """The worker drains: an idle connection gets the drain grace from its last
@@ -121,7 +147,7 @@ class ClientSession:
         services = self.services
         conn = self.conn
         parser = self.parser.reset() if self.parser is not None \
-            else RequestHeadParser(services.limits)
+            else RequestHeadParser(self.limits)
         self.parser = None
         data = self.buf
         self.buf = b""
@@ -176,9 +202,14 @@ class ClientSession:
         return len(out)
 
     def error(self, status: int, message_key: str, req: Request | None = None,
-              extra: tuple = ()) -> int:
-        """An error response from ``messages.*``; the connection closes after it."""
+              extra: tuple = (), reason: str | None = None) -> int:
+        """An error response from ``messages.*``; the connection closes after it.  A
+        refusal of the client's own request also says why (``reason``, on a second
+        line): a client, or the person reading its output, can fix what it can read."""
         body = self.services.policy.messages.get(message_key, b"error")
+        if reason and reason.encode("utf-8", "replace") != body.rstrip(b"\n"):
+            body = b"%s\n%s\n" % (body.rstrip(b"\n"),
+                                   reason[:300].encode("utf-8", "backslashreplace"))
         headers = [TEXT_PLAIN]
         headers.extend(extra)
         try:

@@ -73,7 +73,8 @@ def original_destination(sock: socket.socket) -> tuple[str, int] | None:
 
 class TransparentEdge(HttpEdge):
     def __init__(self, lp: ListenerPolicy, services: Services):
-        super().__init__(services, lp.name, lp.model.xdp, lp.trusted, lp.filter)
+        super().__init__(services, lp.name, lp.model.xdp, lp.trusted, lp.filter,
+                         lp.limits)
         self.lp = lp
         self.guard = not lp.model.allow_local_destinations
 

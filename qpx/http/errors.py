@@ -48,10 +48,13 @@ class UpstreamError(Exception):
     ``sent`` whether any byte of the request may have reached the upstream (False for a
     failed connect: safe to retry anywhere); ``stale`` that a reused keep-alive
     connection turned out closed (EOF or reset before any response byte: a replay on a
-    fresh connection is safe); ``upstream`` names the upstream for the log line."""
+    fresh connection is safe); ``upstream`` names the upstream for the log line;
+    ``local`` that this host, not the upstream, failed (out of file descriptors, buffers
+    or memory: the upstream's health must not suffer for it)."""
 
     def __init__(self, status: int, reason: str, before_response: bool = True,
-                 upstream: str | None = None, sent: bool = True, stale: bool = False):
+                 upstream: str | None = None, sent: bool = True, stale: bool = False,
+                 local: bool = False):
         super().__init__(reason)
         self.status = status
         self.reason = reason
@@ -59,3 +62,4 @@ class UpstreamError(Exception):
         self.upstream = upstream
         self.sent = sent
         self.stale = stale
+        self.local = local

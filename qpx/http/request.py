@@ -41,6 +41,7 @@ _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _VERSION = re.compile(rb"^HTTP/[0-9]\.[0-9]$")
 _TE_LINE = re.compile(rb"(?im)^transfer-encoding[ \t]*:[ \t]*([^\r\n]*)")
 _FRAMING = frozenset((b"content-length", b"transfer-encoding", b"host"))
+_UNDERSCORE_NAME = re.compile(rb"\r\n([^:\r\n]*_[^:\r\n]*):")
 _NO_TOKENS: frozenset[bytes] = frozenset()
 _PLAIN_TOKENS = frozenset((b"keep-alive", b"close"))
 # hop-by-hop and proxy-control fields beyond Host/Connection/framing: their presence
@@ -66,12 +67,19 @@ def te_error(value: bytes) -> HttpError | None:
 
 
 class Limits:
-    __slots__ = ("max_line", "max_head", "max_count")
+    """What a request head (and body) may be: request line and head sizes, field count,
+    whether field names may contain ``_``, and the body size (None: unlimited; enforced
+    by the upstream exchange)."""
 
-    def __init__(self, max_line: int = 8192, max_head: int = 32768, max_count: int = 100):
+    __slots__ = ("max_line", "max_head", "max_count", "underscores", "max_body")
+
+    def __init__(self, max_line: int = 8192, max_head: int = 32768, max_count: int = 100,
+                 underscores: bool = False, max_body: int | None = None):
         self.max_line = max_line
         self.max_head = max_head
         self.max_count = max_count
+        self.underscores = underscores
+        self.max_body = max_body
 
 
 _host_cache: dict[bytes, tuple[str, int | None]] = {}
@@ -134,12 +142,15 @@ def normalize_path(target: str) -> str:
     ``merge_slashes`` — runs of ``/`` merged.  Without this, ``/%61dmin``, ``/./admin``
     and ``//admin`` would slip past a rule for ``/admin/*`` and still reach it upstream.
     The query is left as sent.  Reserved escapes (``%2F``) stay escaped: decoding them
-    would change the path's structure.  Most paths need none of this and cost three
-    substring checks."""
+    would change the path's structure.  A backslash is sent on as ``%5C`` (RFC 3986 has
+    no ``\\`` in a path; some servers read it as ``/``), so a ``path`` rule sees what the
+    origin will see.  Most paths need none of this and cost four substring checks."""
     q = target.find("?")
     path, query = (target, "") if q < 0 else (target[:q], target[q:])
-    if "%" not in path and "/." not in path and "//" not in path:
+    if "%" not in path and "/." not in path and "//" not in path and "\\" not in path:
         return target
+    if "\\" in path:  # as the origin receives it: a backslash is not a separator
+        path = path.replace("\\", "%5C")
     if "%" in path:
         path = _UNRESERVED_ESCAPE.sub(_unescape, path)
     if "//" in path:
@@ -485,6 +496,13 @@ class RequestHeadParser:
         limits = self.limits
         if len(raw) > 4 * limits.max_count and raw.count(b"\r\n") - 2 > limits.max_count:
             raise HttpError(431, "too many header fields", "bad_request")
+        if not limits.underscores and b"_" in raw:
+            m = _UNDERSCORE_NAME.search(raw)
+            if m is not None:
+                # CGI/WSGI backends read "_" and "-" alike: Transfer_Encoding would be a
+                # second Transfer-Encoding to them (nginx drops such fields; we refuse)
+                raise HttpError(400, f"header name with an underscore: "
+                                     f"{m.group(1).decode('latin-1')}", "bad_request")
         # framing (RFC 9112 §6); llhttp has rejected repeated or malformed Content-Length
         drop = req.drop
         te_at = low.find(b"\r\ntransfer-encoding:")

@@ -202,6 +202,8 @@ class ResponseHeadParser:
             if len(buf) > self.max_head or end >= 0:
                 raise BadResponse("response head too large or malformed")
             return None
+        if stop > self.max_head:  # completed by the read that crossed the limit
+            raise BadResponse(f"response head larger than {self.max_head} bytes")
         self.rest = bytes(buf[stop:])
         return self._finish(bytes(buf[:stop]))
 
@@ -213,7 +215,10 @@ class ResponseHeadParser:
             v = 10
         else:
             raise BadResponse(f"unsupported response version {version[:8]!r}")
-        resp = Response(head, self._parser.get_status_code(), self._sink.reason, v)
+        status = self._parser.get_status_code()
+        if not 100 <= status <= 599:  # RFC 9110 §15: three digits, 1xx to 5xx
+            raise BadResponse(f"response status {status:03d} is outside 100-599")
+        resp = Response(head, status, self._sink.reason, v)
         low = head.lower()
         drop = resp.drop
         cl = te = None

@@ -98,6 +98,8 @@ def read_http_message(conn: socket.socket, buf: bytes, record) -> tuple[bytes, b
     chunked = False
     for line in lines[1:]:
         name, _, value = line.partition(b":")
+        # lenient like a CGI/WSGI backend: surrounding blanks ignored, "_" read as "-"
+        name = name.replace(b"_", b"-")
         if name.strip().lower() == b"content-length":
             length = int(value.strip())
         if name.strip().lower() == b"transfer-encoding" and b"chunked" in value.lower():

@@ -461,13 +461,6 @@ def test_parse_ip():
     assert ip_text(parse_ip("::ffff:10.1.2.3")) == "10.1.2.3"
 
 
-def test_parse_ip_is_fast():
-    import timeit
-    for text in ("192.168.100.200", "2001:db8::1", "::ffff:10.1.2.3"):
-        best = min(timeit.repeat(lambda t=text: parse_ip(t), number=20000, repeat=5)) / 20000
-        assert best < 2e-6, (text, best)  # < 1 µs on the reference machine; slack for CI
-
-
 # --------------------------------------------------------------------------- validation
 
 

@@ -194,6 +194,7 @@ def test_mixed_faults_lose_no_answer_and_eject_no_upstream(tmp_path):
         metrics = raw_request(mport, b"GET /metrics HTTP/1.1\r\nHost: m\r\n\r\n").decode()
         healthy = [ln for ln in metrics.splitlines() if ln.startswith("qpx_upstream_healthy")]
         assert healthy and all(ln.endswith(" 1.0") for ln in healthy), healthy
+        print(f"mixed-fault soak: {counts}, worker kills: {len(kills)}")
         assert not failures, f"{len(failures)} failed ({counts}): {failures[:10]}"
         assert counts["ok"] > 1000 and counts["slow"] > 10 and counts["early"] > 10, counts
         dropped = [ln for ln in metrics.splitlines()

@@ -34,7 +34,7 @@ run: install ## run qpxd in the foreground on the embedded default config (etc/q
 	exec $(VENV)/bin/qpxd -c etc/qpx.yaml
 
 check: install ## validate etc/qpx.yaml and every example
-	@for f in etc/qpx.yaml etc/examples/*.yaml; do $(VENV)/bin/qpxd check -c $$f || exit 1; done
+	@for f in etc/qpx.yaml etc/examples/*.yaml; do printf '%s: ' "$$f"; $(VENV)/bin/qpxd check -c $$f || exit 1; done
 
 system-deps: ## install the system packages the tests use (root + apt; skips what is present)
 	@scripts/system-deps test

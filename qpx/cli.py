@@ -13,11 +13,16 @@ import sys
 from . import __version__
 
 COMMANDS = ("run", "check", "match", "version")
+DEFAULT_CONFIG = "/etc/qpx/qpx.yaml"
+CONFIG_HELP = ("configuration file (repeat to merge several, later wins; default "
+               f"{DEFAULT_CONFIG})")
 
 EPILOG = """\
 examples:
-  qpxd -c /etc/qpx/qpx.yaml              run (same as: qpxd run -c ...)
+  qpxd -c /etc/qpx/qpx.yaml              run (same as: qpxd run -c ...; -c defaults to it)
   qpxd check -c base.yaml -c site.yaml   validate; files merge in order, later wins
+  qpxd -t -c qpx.yaml                    the same as check (nginx's -t)
+  qpxd -v                                the version (also --version, qpxd version)
   qpxd match -c qpx.yaml --listener forward --src-ip 10.1.2.3 --host ads.example.com
   kill -HUP $(cat /run/qpxd.pid)         reload with zero failed connections
 
@@ -31,28 +36,26 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qpxd", description="qpxd: forward / reverse / transparent HTTP proxy daemon.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--version", action="version", version=f"qpxd {__version__}")
+    p.add_argument("-v", "--version", action="version", version=f"qpxd {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the daemon (the default command)",
                          description="Start the master, bind every listener, fork the "
                                      "workers and serve until TERM/INT.")
-    run.add_argument("-c", "--config", action="append", required=True, metavar="FILE",
-                     help="configuration file (repeat to merge several, later wins)")
+    run.add_argument("-c", "--config", action="append", metavar="FILE", help=CONFIG_HELP)
     run.add_argument("--pid", metavar="FILE", help="write the master's PID to FILE")
 
     check = sub.add_parser("check", help="validate configuration files and exit",
                            description="Load, validate and compile the configuration "
                                        "exactly as 'run' would, print every problem, exit.")
-    check.add_argument("-c", "--config", action="append", required=True, metavar="FILE",
-                       help="configuration file (repeat to merge several, later wins)")
+    check.add_argument("-c", "--config", action="append", metavar="FILE", help=CONFIG_HELP)
 
     match = sub.add_parser(
         "match", help="show which rule or route a request would hit",
         description="Evaluate the rules of one listener (or the routes of one reverse "
                     "proxy) for a described request and print which one fires and why the "
                     "earlier ones did not.")
-    match.add_argument("-c", "--config", action="append", required=True, metavar="FILE")
+    match.add_argument("-c", "--config", action="append", metavar="FILE", help=CONFIG_HELP)
     who = match.add_mutually_exclusive_group(required=True)
     who.add_argument("--listener", metavar="NAME", help="a forward/transparent listener")
     who.add_argument("--reverse", metavar="NAME", help="a reverse proxy")
@@ -115,7 +118,10 @@ def cmd_run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version"):
+    if "-t" in argv and (not argv or argv[0] not in COMMANDS):
+        argv.remove("-t")  # nginx's habit: -t tests the configuration
+        argv.insert(0, "check")
+    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "-v", "--version"):
         argv.insert(0, "run")
     parser = _parser()
     try:
@@ -128,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(f"qpxd {__version__}")
         return 0
+    if not args.config:
+        args.config = [DEFAULT_CONFIG]
     handler = {"run": cmd_run, "check": cmd_check, "match": cmd_match}[args.command]
     try:
         return handler(args)

@@ -158,12 +158,25 @@ def test_version_help_and_usage_errors():
     assert r.returncode == 0
     for word in ("run", "check", "match", "kill -HUP", "exit codes"):
         assert word in r.stdout
-    r = run("check")
-    assert r.returncode == 2 and "-c/--config" in r.stderr
+    r = run("run", "--help")
+    assert "default /etc/qpx/qpx.yaml" in " ".join(r.stdout.split())
     r = run()
     assert r.returncode == 2
     r = run("-c")
     assert r.returncode == 2
+
+
+def test_operator_habits_v_t_and_the_default_config():
+    for flag in ("-v", "--version"):
+        r = run(flag)
+        assert r.returncode == 0 and r.stdout == f"qpxd {__version__}\n"
+    r = run("-t", "-c", str(ROOT / "etc" / "qpx.yaml"))  # nginx's -t: check
+    assert r.returncode == 0 and r.stdout.startswith("config ok")
+    r = run("-c", str(ROOT / "etc" / "qpx.yaml"), "-t")
+    assert r.returncode == 0 and r.stdout.startswith("config ok")
+    if not Path("/etc/qpx/qpx.yaml").exists():  # without -c: the default path, named
+        r = run("check")
+        assert r.returncode == 1 and "/etc/qpx/qpx.yaml" in r.stderr
 
 
 def test_run_refuses_a_broken_config_before_binding(tmp_path):

@@ -22,7 +22,6 @@ removed worker are remapped, never orphaned.
 
 from __future__ import annotations
 
-import errno
 import gc
 import logging
 import os
@@ -36,6 +35,7 @@ from . import log, sdnotify
 from .config import ConfigError, load_config
 from .config.model import Config
 from .listeners import BindError, SocketRegistry
+from .pidfile import PidFile, PidFileBusy
 from .policy import Policy, compile_config
 from .scoreboard import RELOADING, RUNNING, STARTING, STOPPING, Scoreboard
 
@@ -106,6 +106,7 @@ class Arbiter:
         self.cfg = cfg
         self.policy = policy
         self.pidfile = pidfile
+        self.pidlock = PidFile(pidfile or "")
         self.registry = SocketRegistry()
         self.scoreboard = Scoreboard()
         self.workers: dict[int, WorkerInfo] = {}
@@ -134,15 +135,19 @@ class Arbiter:
             pass
         self._setup_metrics_dir()
         _raise_nofile()
+        if self.pidfile:
+            try:
+                self.pidlock.acquire(self.pid)
+            except (PidFileBusy, OSError) as e:
+                log.log(logging.ERROR, f"cannot start: {e}")
+                return 1
         try:
             self._bind(cfg, self.num_workers)
         except BindError as e:
             log.log(logging.ERROR, str(e))
+            self.pidlock.release()
             return 1
         self._setup_signals()
-        if self.pidfile:
-            with open(self.pidfile, "w") as f:
-                f.write(f"{self.pid}\n")
         self.scoreboard.set_master(STARTING, self.num_workers)
         if not self._roll(cfg, self.policy, self.num_workers, "start"):
             log.log(logging.ERROR, "workers failed to start; exiting")
@@ -560,12 +565,7 @@ class Arbiter:
 
     def _cleanup(self) -> None:
         self.registry.close_all()
-        if self.pidfile:
-            try:
-                os.unlink(self.pidfile)
-            except OSError as e:
-                if e.errno != errno.ENOENT:
-                    raise
+        self.pidlock.release()
         mdir = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
         if mdir and os.path.basename(mdir).startswith("qpxd-metrics-"):
             import shutil

@@ -36,6 +36,26 @@ class BindError(Exception):
         super().__init__(f"{what}: cannot listen on {addr}: {reason}{hint}")
 
 
+def refuse_if_taken(what: str, addr: ListenAddr) -> None:
+    """SO_REUSEPORT would let us join a group another process listens on (a second qpxd
+    started by mistake would silently take part of the traffic with its own config).
+    Before binding an address we do not hold yet, a probe bind without SO_REUSEPORT
+    finds out: EADDRINUSE means someone listens there."""
+    if not addr.port:
+        return
+    probe = socket.socket(addr.family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if addr.family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        probe.bind((addr.host, addr.port))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise BindError(what, addr, e) from None
+    finally:
+        probe.close()
+
+
 @dataclass
 class Group:
     addr: ListenAddr
@@ -112,6 +132,8 @@ class SocketRegistry:
                 k = self.key(addr)
                 group = self.groups.get(k)
                 if group is None:
+                    if reuse_port:
+                        refuse_if_taken(what, addr)
                     group = Group(addr, reuse_port, backlog)
                     self.groups[k] = group
                     created.append((group, 0))

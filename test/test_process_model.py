@@ -346,6 +346,27 @@ def test_pidfile_and_fast_stop(qpxd, tmp_path):
     assert not any(alive(p) for p in workers)
 
 
+def test_a_second_qpxd_on_the_same_ports_or_pid_file_is_refused(qpxd, tmp_path):
+    """SO_REUSEPORT must not let a second instance join the first one's sockets, and a
+    shared PID file is a lock, not a file to overwrite."""
+    port = free_port()
+    pidfile = tmp_path / "qpxd.pid"
+    first = qpxd(cfg_with(port, workers=1), args=["--pid", str(pidfile)])
+    second = qpxd(cfg_with(port, workers=1), start=False, name="second")
+    second.start(wait=False)
+    assert second.proc.wait(15) == 1
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in second.log()
+    third = qpxd(cfg_with(free_port(), workers=1), start=False, name="third",
+                 args=["--pid", str(pidfile)])
+    third.start(wait=False)
+    assert third.proc.wait(15) == 1
+    assert f"held by a running qpxd (PID {first.pid})" in third.log()
+    assert int(pidfile.read_text()) == first.pid  # untouched
+    assert alive(first.pid)
+    first.reload()  # the master's own reloads still bind what they need
+    assert "reload complete" in first.log()
+
+
 def test_bind_error_names_listener_and_address(qpxd):
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))

@@ -85,8 +85,17 @@ def _load(files: list[str]):
         n = len(e.issues)
         print(f"config invalid: {n} error{'s' if n != 1 else ''}", file=sys.stderr)
         return None, None
-    for w in warnings:
+    from .preflight import preflight
+
+    errors, host_warnings = preflight(cfg)
+    for w in list(warnings) + host_warnings:
         print(f"warning: {w}", file=sys.stderr)
+    if errors:
+        for e in errors:
+            print(f"error: {e}", file=sys.stderr)
+        n = len(errors)
+        print(f"config invalid: {n} error{'s' if n != 1 else ''}", file=sys.stderr)
+        return None, None
     return cfg, policy
 
 

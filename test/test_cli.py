@@ -193,3 +193,45 @@ def test_console_script_is_installed():
         pytest.skip("qpxd console script not installed in this environment")
     r = subprocess.run([str(exe), "version"], capture_output=True, text=True)
     assert r.stdout == f"qpxd {__version__}\n"
+
+
+def test_check_catches_what_run_would_fail_on(tmp_path):
+    """Log paths that cannot be written are errors naming the key and value; ports
+    below 1024 without the capability are a warning."""
+    cfg = tmp_path / "q.yaml"
+    cfg.write_text(
+        "version: 1\n"
+        "listeners:\n"
+        "  - {name: a, mode: forward, listen: '127.0.0.1:8081',"
+        " default_action: {type: direct}}\n"
+        f"logging: {{access_log: {tmp_path}/missing/access.log, error_log: {tmp_path}}}\n")
+    r = run("check", "-c", str(cfg))
+    assert r.returncode == 1
+    assert f"logging.access_log: '{tmp_path}/missing/access.log' cannot be written: " \
+           f"directory {tmp_path}/missing does not exist" in r.stderr
+    assert f"logging.error_log: '{tmp_path}' cannot be written: is a directory" in r.stderr
+    r = run("run", "-c", str(cfg))  # run refuses the same way, before binding anything
+    assert r.returncode == 1 and "logging.access_log" in r.stderr
+    (tmp_path / "missing").mkdir()
+    cfg.write_text(cfg.read_text().replace(f", error_log: {tmp_path}", ""))
+    r = run("check", "-c", str(cfg))
+    assert r.returncode == 0, r.stderr
+
+
+def test_check_warns_about_low_ports_without_the_capability(tmp_path, monkeypatch):
+    """(In-process: the suite runs as root, and the venv may not be reachable for an
+    unprivileged user.)"""
+    from qpx import preflight
+    from qpx.config import load_config
+
+    cfg_path = tmp_path / "q.yaml"
+    cfg_path.write_text("version: 1\nlisteners:\n  - {name: a, mode: forward, listen: "
+                        "'127.0.0.1:81', default_action: {type: direct}}\n")
+    cfg, _ = load_config([str(cfg_path)])
+    monkeypatch.setattr(preflight, "_can_bind_low_ports", lambda: False)
+    errors, warnings = preflight.preflight(cfg)
+    assert not errors
+    assert warnings == ["listeners.0.listen: port 81 is below 1024: binding it needs root "
+                        "or CAP_NET_BIND_SERVICE, which this process does not have"]
+    monkeypatch.setattr(preflight, "_can_bind_low_ports", lambda: True)
+    assert preflight.preflight(cfg) == ([], [])

@@ -24,7 +24,7 @@ examples:
   qpxd -t -c qpx.yaml                    the same as check (nginx's -t)
   qpxd -v                                the version (also --version, qpxd version)
   qpxd match -c qpx.yaml --listener forward --src-ip 10.1.2.3 --host ads.example.com
-  kill -HUP $(cat /run/qpxd.pid)         reload with zero failed connections
+  kill -HUP $(cat /run/qpxd/qpxd.pid)   reload with zero failed connections
 
 signals to the master: HUP reload, TERM graceful stop, INT/QUIT fast stop,
 USR1 reopen logs, TTIN/TTOU one worker more/fewer.

@@ -99,6 +99,17 @@ def _raise_nofile() -> None:
             pass
 
 
+def _worker_failed(index: int, e: BaseException) -> None:
+    """One line naming the cause for the operator; the traceback only at debug level
+    (it is for us, not for them)."""
+    if isinstance(e, OSError) and e.strerror:
+        cause = e.strerror + (f": {e.filename}" if e.filename else "")
+    else:
+        cause = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    log.log(logging.CRITICAL, "worker failed", worker=index, error=cause)
+    log.logger.debug("worker failure traceback", exc_info=True)
+
+
 class Arbiter:
     def __init__(self, files: list[str], cfg: Config, policy: Policy,
                  pidfile: str | None = None):
@@ -115,6 +126,7 @@ class Arbiter:
         self.sig_queue: list[int] = []
         self.stopping = False
         self.exit_code = 0
+        self.exit_reason = ""
         self.respawn_at: dict[int, float] = {}
         self.quick_deaths: dict[int, int] = {}
         self.pid = os.getpid()
@@ -249,8 +261,8 @@ class Arbiter:
                 code = run_worker(spec)
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else 1
-            except BaseException:
-                log.logger.exception("worker crashed")
+            except BaseException as e:
+                _worker_failed(index, e)
             finally:
                 os._exit(code)
         self.workers[pid] = WorkerInfo(pid, index, generation, entry, monotonic())
@@ -373,8 +385,9 @@ class Arbiter:
         if n >= QUICK_DEATH_LIMIT:
             how = f"died within {QUICK_DEATH:.0f}s of start" if lived < QUICK_DEATH else \
                 "never got ready"
-            log.log(logging.CRITICAL, f"worker {info.index} {how} {n} times in a row "
-                    f"(last exit code {code}); stopping")
+            self.exit_reason = f"worker {info.index} {how} {n} times in a row " \
+                f"(last exit code {code})"
+            log.log(logging.CRITICAL, f"{self.exit_reason}; stopping")
             self.exit_code = 1
             self.handle_term()
             return
@@ -571,4 +584,8 @@ class Arbiter:
             import shutil
 
             shutil.rmtree(mdir, ignore_errors=True)
-        log.log(logging.INFO, "qpxd stopped", code=self.exit_code)
+        if self.exit_code:
+            log.log(logging.ERROR, "qpxd stopped", code=self.exit_code,
+                    reason=self.exit_reason or "error")
+        else:
+            log.log(logging.INFO, "qpxd stopped", code=0)

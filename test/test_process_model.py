@@ -113,7 +113,15 @@ def test_worker_crash_loop_stops_the_master(qpxd, tmp_path):
     shutil.rmtree(mdir)  # every new worker now dies at start: it cannot write its metrics
     os.kill(d.workers()[0], signal.SIGKILL)
     assert d.proc.wait(30) == 1
-    assert "died within 1s of start 5 times in a row" in d.log()
+    out = d.log()
+    assert "died within 1s of start 5 times in a row" in out
+    # the operator gets one line with the cause, never a Python traceback ...
+    assert "Traceback" not in out, out
+    assert "worker failed" in out and "No such file or directory" in out, out
+    # ... and the last line agrees with the exit code
+    last = json.loads(out.strip().splitlines()[-1])
+    assert last["msg"] == "qpxd stopped" and last["code"] == 1, last
+    assert last["level"] == "error" and "5 times in a row" in last["reason"], last
 
 
 def test_worker_that_never_gets_ready_is_killed_once_then_backed_off(qpxd, tmp_path):

@@ -490,8 +490,10 @@ class Arbiter:
             self._check_heartbeats()
             log.flush_pending()
             dropped = log.report_drops()
-            if dropped and self.metrics is not None:
-                self.metrics.log_dropped.inc(dropped)
+            if self.metrics is not None:
+                if dropped:
+                    self.metrics.log_dropped.inc(dropped)
+                self.metrics.process.update(monotonic())
 
     # ------------------------------------------------------------------ signals
 

@@ -120,6 +120,7 @@ class WorkerMetrics:
                              "1 when this worker considers the upstream healthy",
                              ["reverse", "upstream"], multiprocess_mode="livemin")
         self._log_dropped = log_dropped_counter(p)
+        self.process = ProcessGauges(p, self.worker)
         self._counts: dict[tuple, _Count] = {}
         self._hists: dict[tuple, _Hist] = {}
         self._active_n: dict[str, int] = {}
@@ -221,15 +222,60 @@ def log_dropped_counter(prefix: str) -> Counter:
                    registry=None)
 
 
+class ProcessGauges:
+    """Resident memory, CPU seconds and open fds of one qpxd process, labelled with its
+    role (``master`` or the worker's index, never a PID: a PID label would add new
+    series at every restart and reload).  ``livesum`` drops a dead process's values."""
+
+    EVERY = 2.0  # seconds between samples
+
+    def __init__(self, prefix: str, who: str):
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(f"{prefix}_process_{name}", doc, ["process"],
+                         multiprocess_mode="livesum", registry=None).labels(who)
+        self._rss = gauge("resident_memory_bytes", "Resident memory of the process")
+        self._cpu = gauge("cpu_seconds", "User + system CPU time of the process")
+        self._fds = gauge("open_fds", "Open file descriptors of the process")
+        self._next = 0.0
+
+    def update(self, now: float) -> None:
+        if now < self._next:
+            return
+        self._next = now + self.EVERY
+        from .procstats import sample
+
+        rss, cpu, fds = sample()
+        self._rss.set(rss)
+        self._cpu.set(cpu)
+        self._fds.set(fds)
+
+
+BUILD = "python"  # "compiled" once a compiled hot path exists
+
+
+def build_info(prefix: str) -> None:
+    """``{prefix}_build_info{version, python, build} 1``: which code serves (an upgrade
+    in flight shows two versions)."""
+    import platform
+
+    from . import __version__
+
+    Gauge(f"{prefix}_build_info", "The qpxd version serving, its Python and its build",
+          ["version", "python", "build"], multiprocess_mode="livemax", registry=None,
+          ).labels(__version__, platform.python_version(), BUILD).set(1)
+
+
 class MasterMetrics:
     def __init__(self, prefix: str):
+        build_info(prefix)
+        self.process = ProcessGauges(prefix, "master")
         self.log_dropped = log_dropped_counter(prefix)
         self.restarts = Counter(f"{prefix}_worker_restarts_total", "Workers respawned")
         self.reloads = Counter(f"{prefix}_reloads_total", "Reloads by outcome", ["result"])
         for result in ("ok", "invalid", "failed"):
             self.reloads.labels(result)
         self.workers = Gauge(f"{prefix}_workers", "Worker processes serving",
-                             multiprocess_mode="liveall")
+                             multiprocess_mode="livemax")
 
     @staticmethod
     def process_dead(pid: int) -> None:

@@ -197,6 +197,7 @@ class Worker:
                 if dropped:
                     self.metrics.log_dropped(dropped)
                 self.metrics.flush()
+                self.metrics.process.update(time.monotonic())
             ticks += 1
             if ticks % 10 == 0:
                 self.services.pool.purge()

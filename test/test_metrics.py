@@ -114,6 +114,39 @@ def test_exposition_parses_and_names_are_prefixed(qpxd, origin):
     assert not any(n.startswith("qpx_") for n in names)
 
 
+def test_no_pid_labels_build_info_and_per_process_gauges(qpxd, origin):
+    """Series are keyed by role (master, worker index), never by PID, so a reload does
+    not multiply them; build_info names the version; every process publishes its RSS,
+    CPU seconds and open fds."""
+    import platform
+
+    from qpx import __version__
+
+    o = origin()
+    port, mport = free_port(), free_port()
+    d = qpxd(config(port, mport, workers=2))
+    get(port, o.addr, 2)
+
+    def scraped_after_beats():
+        time.sleep(2.5)  # every process samples itself every 2 s
+        return scrape(mport)[1]
+
+    text = scraped_after_beats()
+    assert "pid=" not in text, [line for line in text.splitlines() if "pid=" in line]
+    assert total(text, "qpx_build_info", version=__version__,
+                 python=platform.python_version(), build="python") == 1
+    for who in ("master", "0", "1"):
+        assert total(text, "qpx_process_resident_memory_bytes", process=who) > 10e6, who
+        assert total(text, "qpx_process_open_fds", process=who) >= 3, who
+        assert total(text, "qpx_process_cpu_seconds", process=who) > 0, who
+    series = len(samples(text))
+    d.reload()
+    after = scraped_after_beats()
+    assert "pid=" not in after
+    # new workers replace old ones under the same labels: the series do not multiply
+    assert len(samples(after)) <= series + 2, (series, len(samples(after)))
+
+
 def test_health_is_200_running_and_reloading_503_while_stopping(qpxd, origin):
     o = origin()
     port, mport = free_port(), free_port()

@@ -440,3 +440,40 @@ def test_python_api_loads_without_gevent():
     code = ("import sys; from qpx.config import load_config; "
             "sys.exit(1 if 'gevent' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_yaml_words_read_as_yaml_1_2_by_the_running_daemon(qpxd):
+    """The original reads YAML 1.2: ``yes``/``no``/``on``/``off`` are strings there, and
+    ``017`` is seventeen.  A header written ``X-Enabled: yes`` must load and be sent as
+    the word, not refused as a boolean."""
+    from conftest import free_port, raw_request
+
+    port = free_port()
+    d = qpxd({}, start=False)
+    d.path.write_text(textwrap.dedent(f"""\
+        version: 1
+        runtime: {{worker_threads: 1}}
+        listeners:
+          - name: fwd
+            mode: forward
+            listen: 127.0.0.1:{port}
+            default_action:
+              type: respond
+              local_response:
+                status: 200
+                body: ok
+                headers:
+                  X-Enabled: yes
+                  X-Mode: off
+                  X-Count: 017
+                  X-Date: 2024-01-01
+                  X-Quoted: "on"
+        """))
+    r = subprocess.run(QPXD + ["check", "-c", str(d.path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    d.start()
+    head = raw_request(port, b"GET http://example.test/ HTTP/1.1\r\nHost: example.test\r\n"
+                             b"Connection: close\r\n\r\n").split(b"\r\n\r\n")[0].decode()
+    for line in ("X-Enabled: yes", "X-Mode: off", "X-Count: 17", "X-Date: 2024-01-01",
+                 "X-Quoted: on"):
+        assert line in head, head

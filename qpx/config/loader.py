@@ -9,6 +9,11 @@ Rules (DESIGN.md "Config"):
 - YAML is composed into nodes and converted by hand so that duplicate keys are errors
   (PyYAML would silently keep the last one) and keys keep their literal text (``on:`` is
   the string "on", not ``True``).
+- Plain scalars resolve by the YAML 1.2 core schema, as the original (Rust, YAML 1.2)
+  reads them: ``yes``/``no``/``on``/``off``/``y`` stay strings, ``true``/``false`` are
+  booleans, ``017`` is 17, ``0o17`` is 15, ``1_000`` and ``1:30`` and ``2024-01-01`` are
+  strings.  PyYAML implements YAML 1.1, so its libyaml composer still builds the nodes
+  (its speed stays) and only the tag of each plain scalar is decided here.
 - ``${VAR}`` / ``${VAR:-default}`` expand in scalar values only; a plain (unquoted)
   scalar is re-typed after expansion, so ``port: ${PORT}`` yields an integer.
 - ``include:`` is a list of paths relative to the including file.  Included documents
@@ -21,6 +26,7 @@ Rules (DESIGN.md "Config"):
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +38,32 @@ from .errors import ConfigError, Issue, dotted
 Path = tuple  # a key path: ("listeners", 0, "rules", 2)
 
 _STR_TAG = "tag:yaml.org,2002:str"
+_IMPLICIT = {f"tag:yaml.org,2002:{t}" for t in
+             ("str", "null", "bool", "int", "float", "timestamp", "value", "merge")}
+_CORE_INT = re.compile(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+")
+_CORE_FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?")
+_CORE_SPECIAL = {"~": None, "null": None, "Null": None, "NULL": None, "": None,
+                 "true": True, "True": True, "TRUE": True,
+                 "false": False, "False": False, "FALSE": False,
+                 ".inf": float("inf"), ".Inf": float("inf"), ".INF": float("inf"),
+                 "+.inf": float("inf"), "+.Inf": float("inf"), "+.INF": float("inf"),
+                 "-.inf": float("-inf"), "-.Inf": float("-inf"), "-.INF": float("-inf"),
+                 ".nan": float("nan"), ".NaN": float("nan"), ".NAN": float("nan")}
+
+
+def core_scalar(text: str) -> Any:
+    """The value of a plain (unquoted, untagged) scalar under the YAML 1.2 core schema."""
+    if text in _CORE_SPECIAL:
+        return _CORE_SPECIAL[text]
+    if _CORE_INT.fullmatch(text):
+        if text.startswith("0o"):
+            return int(text[2:], 8)
+        if text.startswith("0x"):
+            return int(text[2:], 16)
+        return int(text, 10)
+    if _CORE_FLOAT.fullmatch(text):
+        return float(text)
+    return text
 _MAX_DEPTH = 64
 NAMED_LISTS = {(): ("listeners", "reverse", "upstreams"), ("auth",): ("users",)}
 
@@ -87,16 +119,23 @@ class _Reader:
         return self.scalar(node, path)
 
     def scalar(self, node: yaml.ScalarNode, path: Path) -> Any:
-        if node.tag == _STR_TAG and has_reference(node.value):
+        # plain style is None (PyYAML) or "" (libyaml); an explicit tag such as !!str or
+        # !!binary keeps its meaning
+        plain = not node.style and node.tag in _IMPLICIT
+        text = node.value
+        if plain and (node.tag != _STR_TAG or not isinstance(core_scalar(text), str)):
+            # explicitly tagged (``!!str 12``) unless the tag is YAML 1.1's own reading
+            plain = node.tag == self._loader.resolve(yaml.ScalarNode, text, (True, False))
+        if (plain or node.tag == _STR_TAG) and has_reference(text):
             try:
-                text = expand(node.value)
+                text = expand(text)
             except MissingVariable as e:
                 self.issue(path, str(e), node)
                 return None
-            if node.style:  # quoted: stays a string (plain is None, or "" from libyaml)
+            if not plain:  # quoted: stays a string
                 return text
-            tag = self._loader.resolve(yaml.ScalarNode, text, (True, False))
-            node = yaml.ScalarNode(tag, text, node.start_mark, node.end_mark)
+        if plain:
+            return core_scalar(text)
         try:
             return self._loader.construct_object(node, deep=True)
         except yaml.YAMLError as e:

@@ -456,3 +456,49 @@ def test_help_and_system_python(ixgbe):
                           "--iface", "eth0", "--verify"], capture_output=True, text=True, timeout=10,
                          env={"PATH": "/usr/bin:/bin"})
     assert res.returncode == 1 and "0 of 4 IRQs match" in res.stdout
+
+
+# Names as the drivers print them (drivers/net/ethernet/...: mlx5 eq.c, ena_netdev.c,
+# i40e_main.c, ice_lib.c, ixgbe_main.c; virtio_net.c via virtio_pci "%s-input.%d").
+DRIVER_NAMES = {
+    "mlx5": [("mlx5_comp0@pci:0000:3b:00.0", 0), ("mlx5_comp3@pci:0000:3b:00.0", 3),
+             ("mlx5_comp17@pci:0000:af:00.1", 17)],
+    "ice": [("ice-ens2f0-TxRx-0", 0), ("ice-ens2f0-TxRx-3", 3), ("ice-ens2f0-TxRx-11", 11)],
+    "i40e": [("i40e-enp5s0f1-TxRx-2", 2), ("i40e-enp5s0f1-TxRx-9", 9)],
+    "ixgbe": [("enp1s0f0-TxRx-4", 4), ("enp1s0f0-rx-1", 1), ("enp1s0f0-tx-6", 6)],
+    "virtio": [("virtio2-input.0", 0), ("virtio2-output.5", 5)],
+    "ena": [("ens5-Tx-Rx-0", 0), ("ens5-Tx-Rx-7", 7)],
+}
+
+
+@pytest.mark.parametrize("family", sorted(DRIVER_NAMES))
+def test_queue_index_per_driver_family_even_without_a_known_pci_address(family):
+    """The queue number comes from the name's queue part, never from the PCI address or
+    the interface name's digits - also when the tool could not learn the NIC's PCI
+    address (auxiliary-bus mlx5, SR-IOV functions), where mlx5 names read as queue 0."""
+    tool = load_tool()
+    nic = tool.Nic("ens9", None, None, -1, set())
+    for name, queue in DRIVER_NAMES[family]:
+        assert tool.queue_index(name, nic) == queue, name
+
+
+def test_mlx5_queues_found_by_msi_spread_over_cpus(tmp_path):
+    box = Box(tmp_path)
+    box.nic("ens1f0np0", pci="0000:3b:00.0", numa_node="0", child="mlx5_core.eth.0/net",
+            msi=(90, 91, 92, 93, 94))
+    box.irqs((90, "mlx5_async0@pci:0000:3b:00.0"), (91, "mlx5_comp0@pci:0000:3b:00.0"),
+             (92, "mlx5_comp1@pci:0000:3b:00.0"), (93, "mlx5_comp2@pci:0000:3b:00.0"),
+             (94, "mlx5_comp3@pci:0000:3b:00.0"))
+    doc = run_json(box, "--no-ethtool", "--cpus", "0-3")
+    assert [(q["irq"], q["queue"], q["planned"]) for q in doc["irqs"]] == [
+        (91, 0, 0), (92, 1, 1), (93, 2, 2), (94, 3, 3)], doc
+
+
+def test_ena_management_vector_is_not_a_queue(tmp_path):
+    box = Box(tmp_path)
+    box.nic("ens5", pci="0000:00:05.0", numa_node="0", msi=(30, 31, 32))
+    box.irqs((30, "ena-mgmnt@pci:0000:00:05.0"), (31, "ens5-Tx-Rx-0"), (32, "ens5-Tx-Rx-1"))
+    doc = run_json(box, "--no-ethtool", "--cpus", "0-1")
+    assert [(q["irq"], q["queue"], q["planned"]) for q in doc["irqs"]] == [(31, 0, 0), (32, 1, 1)]
+    assert doc["excluded"] == [{"irq": 30, "name": "ena-mgmnt@pci:0000:00:05.0",
+                                "reason": "non-queue vector (mgmnt)"}]

@@ -45,10 +45,18 @@ class JsonFormatter(logging.Formatter):
                "pid": record.process, "role": self.role, "msg": record.getMessage()}
         extra = getattr(record, "fields", None)
         if extra:
-            out.update(extra)
+            out.update((k, v) for k, v in extra.items() if v is not None)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, separators=(",", ":"), default=str)
+
+
+def _text(v: object) -> str:
+    """A field value in a text line: quoted when it has spaces, lists comma-joined."""
+    if isinstance(v, (list, tuple)):
+        v = ",".join(map(str, v))
+    v = str(v)
+    return f'"{v}"' if (" " in v or not v) else v
 
 
 class TextFormatter(logging.Formatter):
@@ -61,7 +69,7 @@ class TextFormatter(logging.Formatter):
                f"{record.process}] {record.getMessage()}"
         extra = getattr(record, "fields", None)
         if extra:
-            line += " " + " ".join(f"{k}={v}" for k, v in extra.items())
+            line += "".join(f" {k}={_text(v)}" for k, v in extra.items() if v is not None)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
@@ -176,8 +184,10 @@ class AccessLog:
                 "reason": reason}, separators=(",", ":"))
         else:
             line = (f'{_ts(now)} {client} {listener} "{method} {target}" {status} '
-                    f"{bytes_in} {bytes_out} {duration * 1000:.3f}ms rule={rule or '-'} "
-                    f"action={action or '-'} upstream={upstream or '-'}"
+                    f"{bytes_in} {bytes_out} {duration * 1000:.3f}ms"
+                    + (f" rule={rule}" if rule else "")
+                    + (f" action={action}" if action else "")
+                    + (f" upstream={upstream}" if upstream else "")
                     + (f' reason="{reason}"' if reason else ""))
         data = (line + "\n").encode("utf-8", "backslashreplace")
         self._buf.append(data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -249,6 +250,13 @@ def test_text_logs_and_refusals_are_logged(qpxd):
     out = d.out()
     assert '"GET /" 400' in out and 'reason="a forward proxy needs' in out
     assert " info " in d.log() and "qpxd ready" in d.log()
+    d.reload()
+    # no placeholder noise: fields without a value are left out, not printed as
+    # "None" or "-"; every line starts with the same timestamp form
+    for text in (out, d.log()):
+        for line in text.splitlines():
+            assert "=None" not in line and "=-" not in line and "[]" not in line, line
+            assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ", line), line
 
 
 def test_every_connection_closed_before_http_logs_why(qpxd, origin):

@@ -477,3 +477,22 @@ def test_yaml_words_read_as_yaml_1_2_by_the_running_daemon(qpxd):
     for line in ("X-Enabled: yes", "X-Mode: off", "X-Count: 17", "X-Date: 2024-01-01",
                  "X-Quoted: on"):
         assert line in head, head
+
+
+def test_check_refuses_one_address_used_twice_across_sections(tmp_path):
+    f = write(tmp_path, "dup.yaml", """
+        version: 1
+        metrics: { listen: "127.0.0.1:18081" }
+        listeners:
+          - { name: a, mode: forward, listen: "127.0.0.1:18080", default_action: {type: block} }
+          - { name: b, mode: forward, listen: "127.0.0.1:18080", default_action: {type: block} }
+        reverse:
+          - name: r
+            listen: "127.0.0.1:18081"
+            routes: [{ match: {}, upstreams: ["http://127.0.0.1:9"] }]
+        """)
+    r = check(f)
+    assert r.returncode == 1
+    assert sorted(e.split(": ", 1)[1] for e in errors(r)) == [
+        "listeners.1.listen: address 127.0.0.1:18080 is already used by listeners.0",
+        "metrics.listen: address 127.0.0.1:18081 is already used by reverse.0"], r.stderr

@@ -258,6 +258,21 @@ def test_connect_port_not_allowed_is_403(qpxd, echo):
                                                                         e.addr.encode()))
     assert status_of(r) == 403
     assert e.connections == 0
+    # the client learns why: the configured message, then the access log's reason
+    port_no = e.addr.rsplit(":", 1)[1]
+    assert r.split(b"\r\n\r\n", 1)[1] == \
+        b"forbidden\nCONNECT to port %s is not allowed\n" % port_no.encode(), r
+
+
+def test_refusal_bodies_carry_the_reason_within_configured_messages(qpxd):
+    port = free_port()
+    cfg = forward_config(port, allow_local_destinations=False)
+    cfg["messages"] = {"forbidden": "Denied by ACME policy"}
+    qpxd(cfg)
+    r = raw_request(port, b"GET http://127.0.0.1:9/ HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n")
+    assert status_of(r) == 403
+    assert r.split(b"\r\n\r\n", 1)[1] == \
+        b"Denied by ACME policy\ndestination 127.0.0.1 is local\n", r
 
 
 @pytest.mark.skipif(not have("openssl"), reason="openssl is not installed")

@@ -43,7 +43,7 @@ class Endpoint:
         self.label = hop.authority
         self.authority_b = hop.authority.encode()  # Host when preserve_host is off
         self.base_b = hop.base_path.encode()  # the upstream URL's path prefix
-        self.target = Target(hop.host, hop.port, via_proxy=False, guard=False)
+        self.target = Target(hop.host, hop.port, via_proxy=False, guard=False, tls=hop.tls)
         self.fails = 0
         self.down_until = 0.0
         self.inflight = 0

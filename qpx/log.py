@@ -171,23 +171,29 @@ class AccessLog:
     def record(self, listener: str, client: str, method: str, target: str,
                status: int, rule: str | None = None, action: str | None = None,
                bytes_in: int = 0, bytes_out: int = 0, duration: float = 0.0,
-               upstream: str | None = None, reason: str | None = None) -> None:
+               upstream: str | None = None, reason: str | None = None,
+               tls: str | None = None, sni: str | None = None) -> None:
         if self.sink is None:
             return
         now = time.time()
         if self.json:
-            line = json.dumps({
+            fields = {
                 "ts": _ts(now), "listener": listener, "client": client, "method": method,
                 "target": target, "rule": rule, "action": action, "status": status,
                 "bytes_in": bytes_in, "bytes_out": bytes_out,
                 "duration_ms": round(duration * 1000, 3), "upstream": upstream,
-                "reason": reason}, separators=(",", ":"))
+                "reason": reason}
+            if tls is not None:  # TLS-terminated connections only
+                fields["tls"] = tls
+                fields["sni"] = sni
+            line = json.dumps(fields, separators=(",", ":"))
         else:
             line = (f'{_ts(now)} {client} {listener} "{method} {target}" {status} '
                     f"{bytes_in} {bytes_out} {duration * 1000:.3f}ms"
                     + (f" rule={rule}" if rule else "")
                     + (f" action={action}" if action else "")
                     + (f" upstream={upstream}" if upstream else "")
+                    + (f" tls={tls}" if tls else "") + (f" sni={sni}" if sni else "")
                     + (f' reason="{reason}"' if reason else ""))
         data = (line + "\n").encode("utf-8", "backslashreplace")
         self._buf.append(data)

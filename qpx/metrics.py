@@ -119,6 +119,13 @@ class WorkerMetrics:
         self._health = Gauge(f"{p}_upstream_healthy",
                              "1 when this worker considers the upstream healthy",
                              ["reverse", "upstream"], multiprocess_mode="livemin")
+        self._tls = Counter(f"{p}_tls_handshakes_total",
+                            "TLS handshakes with clients by outcome (ok, no_cert, version, "
+                            "timeout, error) and whether the session was resumed",
+                            ["listener", "outcome", "resumed"])
+        self._tls_upstream = Counter(f"{p}_upstream_tls_verify_failures_total",
+                                     "Upstream certificates that failed verification",
+                                     ["listener"])
         self._log_dropped = log_dropped_counter(p)
         self.process = ProcessGauges(p, self.worker)
         self._counts: dict[tuple, _Count] = {}
@@ -182,6 +189,12 @@ class WorkerMetrics:
 
     def upstream_health(self, reverse: str, upstream: str, healthy: bool) -> None:
         self._health.labels(reverse, upstream).set(1 if healthy else 0)
+
+    def tls_handshake(self, listener: str, outcome: str, resumed: bool = False) -> None:
+        self._c(self._tls, (listener, outcome, "yes" if resumed else "no")).n += 1
+
+    def upstream_tls_failure(self, listener: str) -> None:
+        self._c(self._tls_upstream, (listener,)).n += 1
 
     def counting(self, handle, listener: str, acceptor: int):
         # Created eagerly, at worker start, and unguarded: a worker that cannot write

@@ -168,6 +168,17 @@ class Conn:
                     self.deadline = monotonic() + timeout
                 self._block(self._rw)
 
+    def peek(self, size: int = RECV_SIZE) -> bytes:
+        """The bytes readable now, left in the socket (``MSG_PEEK``); waits for some.
+        ``b""`` at EOF.  For the prologue of TLS listeners, whose handshake must find
+        the ClientHello still in the socket."""
+        sock = self.sock
+        while True:
+            try:
+                return sock.recv(size, socket.MSG_PEEK)
+            except BlockingIOError:
+                self._block(self._rw)
+
     def recv_nowait(self, size: int = RECV_SIZE) -> bytes | None:
         """Whatever is readable now: bytes, ``b""`` at EOF, ``None`` if nothing yet."""
         try:

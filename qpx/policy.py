@@ -79,11 +79,13 @@ class CompiledHeaderControl:
 
 @dataclass(frozen=True, slots=True)
 class Hop:
-    """An upstream proxy or origin endpoint."""
+    """An upstream proxy or origin endpoint; ``tls`` is the client context of an
+    https:// one."""
 
     host: str
     port: int
     base_path: str = ""
+    tls: object = None  # ssl.SSLContext
 
     @property
     def authority(self) -> str:
@@ -91,10 +93,15 @@ class Hop:
         return f"{host}:{self.port}"
 
 
-def parse_hop(url: str) -> Hop:
+def parse_hop(url: str, tls: m.UpstreamTls | None = None) -> Hop:
     u = urlsplit(url)
     host = u.hostname or ""
     base = u.path.rstrip("/") if u.path not in ("", "/") else ""
+    if u.scheme == "https":
+        from .tlsctx import client_context
+
+        tls = tls or m.UpstreamTls()
+        return Hop(host, u.port or 443, base, client_context(tls.verify, tls.ca_file))
     return Hop(host, u.port or 80, base)
 
 
@@ -208,8 +215,9 @@ class ListenerPolicy:
     def _action(cfg: m.Config, a: m.Action, lst: m.Listener) -> ActionPlan:
         via = None
         if a.type in ("proxy", "tunnel"):
-            url = cfg.upstream_url(a.upstream or lst.upstream_proxy)
-            via = parse_hop(url) if url else None
+            ref = a.upstream or lst.upstream_proxy
+            url = cfg.upstream_url(ref)
+            via = parse_hop(url, cfg.upstream_tls(ref)) if url else None
         reply = LocalReply.compile(a.local_response) if a.local_response else None
         return ActionPlan(a.type, via, reply)
 
@@ -251,7 +259,7 @@ class CompiledRoute:
         self.label = f"route {index}"
         self.model = r
         self.backends = tuple(CompiledBackend(b.name, b.weight,
-                                              tuple(parse_hop(u) for u in b.upstreams))
+                                              tuple(parse_hop(u, r.tls) for u in b.upstreams))
                               for b in r.backends)
         self.total_weight = sum(b.weight for b in self.backends)
         self.reply = LocalReply.compile(r.local_response) if r.local_response else None
@@ -280,6 +288,29 @@ class ReversePolicy:
         self.ruleset = RuleSet.compile([r.match for r in rv.routes])
         self.trusted = TrustSet(rv.xdp.trusted_peers) if rv.xdp.enabled else None
         self.filter = Filter(rv.connection_filter) if rv.connection_filter else None
+        self.tls = None
+        if rv.tls is not None and rv.tls.certificates:
+            from .tlsctx import ServerTls
+
+            self.tls = ServerTls(rv.tls.certificates, rv.tls.min_version)
+        self.enforce_sni = rv.enforce_sni_host_match
+        self.sni_exceptions = RuleSet.compile([m.MatchSpec(host=(h,))
+                                               for h in rv.sni_host_exceptions]) \
+            if rv.sni_host_exceptions else None
+
+    def sni_host_allowed(self, sni: str | None, host: str | None) -> bool:
+        """The original's SNI/Host policy on TLS-terminated requests: no Host → pass;
+        equal → pass; else both must match one of ``sni_host_exceptions``.  Ours: a
+        client without SNI (served by the default certificate) has nothing to compare
+        and passes."""
+        if not self.enforce_sni or not host or sni is None:
+            return True
+        host = host.lower().rstrip(".")
+        if host == sni:
+            return True
+        ex = self.sni_exceptions
+        return ex is not None and ex.first_match(MatchContext(host=host)) >= 0 \
+            and ex.first_match(MatchContext(host=sni)) >= 0
 
     def route(self, ctx: MatchContext) -> CompiledRoute | None:
         i = self.ruleset.first_match(ctx)
@@ -307,7 +338,7 @@ def compile_config(cfg: m.Config) -> Policy:
     """Compile every rule set of ``cfg``; a failure is reported as a ConfigError."""
     try:
         return Policy(cfg)
-    except (ValueError, re.error, netaddr.AddrFormatError) as e:  # validated before: belt
+    except (ValueError, re.error, netaddr.AddrFormatError, OSError) as e:  # validated before: belt
         # and braces
         raise ConfigError([Issue(cfg.sources[0] if cfg.sources else "<config>", "<compile>",
                                  f"cannot compile the configuration: {e}")]) from e

@@ -77,15 +77,17 @@ def is_own_listener(own: set[tuple[str, int]] | frozenset, ip: str, port: int) -
 class Target:
     """Where a request goes: the endpoint to dial and the pool key it shares."""
 
-    __slots__ = ("host", "port", "key", "guard", "label")
+    __slots__ = ("host", "port", "key", "guard", "label", "tls")
 
-    def __init__(self, host: str, port: int, via_proxy: bool, guard: bool):
+    def __init__(self, host: str, port: int, via_proxy: bool, guard: bool, tls=None):
         self.host, self.port = host, port
         # The guard is part of the key: a connection dialed for a listener that allows
-        # local destinations must never be lent to one that refuses them.
-        self.key = ("proxy", host, port) if via_proxy else (host, port, guard)
+        # local destinations must never be lent to one that refuses them.  So is the
+        # TLS context: a plain connection is never lent for an https:// one.
+        self.key = ("proxy", host, port, tls) if via_proxy else (host, port, guard, tls)
         self.guard = guard  # refuse local destinations (SSRF guard)
         self.label = hostport(host, port)
+        self.tls = tls  # ssl.SSLContext of an https:// upstream, else None
 
 
 class TargetCache:
@@ -162,6 +164,10 @@ class ConnectionPool:
         self.max_idle_per_key = max_idle_per_key
         self.idle_timeout = idle_timeout
         self._idle: dict[tuple, list[tuple[float, Conn, object]]] = {}
+        self._sessions: dict[tuple, object] = {}  # TLS session per key, for resumption
+
+    def tls_session(self, key: tuple):
+        return self._sessions.get(key)
 
     def get(self, key: tuple) -> tuple[Conn, object] | None:
         """(connection, its parser) or None."""
@@ -183,6 +189,12 @@ class ConnectionPool:
     def put(self, key: tuple, conn: Conn, parser=None) -> None:
         if conn.closed:
             return
+        if key[-1] is not None:  # TLS: keep its session to resume the next dial
+            session = conn.sock.session
+            if session is not None:
+                if len(self._sessions) >= 4096:
+                    self._sessions.clear()
+                self._sessions[key] = session
         stack = self._idle.setdefault(key, [])
         if len(stack) >= self.max_idle_per_key:
             stack.pop(0)[1].close()

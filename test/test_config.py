@@ -244,8 +244,8 @@ def test_bad_patterns_are_errors_at_check_time(tmp_path, match, path, message):
      "action type block must not set upstream"),
     ("{ type: inspect }", "listeners.0.rules.0.action.type",
      "action 'inspect' (TLS inspection): not supported by this build"),
-    ("{ type: proxy, upstream: \"https://corp:3128\" }", "listeners.0.rules.0.action.upstream",
-     "https:// upstream proxies: not supported by this build"),
+    ("{ type: proxy, upstream: \"h3://corp:3128\" }", "listeners.0.rules.0.action.upstream",
+     "h3:// upstream proxies: not supported by this build"),
 ])
 def test_action_errors(tmp_path, action, path, message):
     f = write(tmp_path, "a.yaml", (RULES % "host: [x]").replace("{ type: direct }", action))

@@ -133,10 +133,10 @@ class Builder:
             return
         if u.username is not None or u.password is not None:
             self.err(path, f"URL {url!r} must not contain credentials")
-        elif u.scheme in ("https", "h3"):
+        elif u.scheme == "h3":
             self.err(path, f"{u.scheme}:// upstream proxies: {UNSUPPORTED}")
-        elif u.scheme != "http" or not u.hostname:
-            self.err(path, f"expected an http://host[:port] URL, got {url!r}")
+        elif u.scheme not in ("http", "https") or not u.hostname:
+            self.err(path, f"expected an http[s]://host[:port] URL, got {url!r}")
         elif u.path not in ("", "/") or u.query or u.fragment:
             self.err(path, f"an upstream proxy URL has no path, got {url!r}")
         del port
@@ -148,14 +148,80 @@ class Builder:
         except ValueError as e:
             self.err(path, f"invalid URL {url!r}: {e}")
             return
-        if u.scheme in ("https", "h3", "ws", "wss"):
+        if u.scheme in ("h3", "ws", "wss"):
             self.err(path, f"{u.scheme}:// upstreams: {UNSUPPORTED}")
-        elif u.scheme != "http" or not u.hostname:
-            self.err(path, f"expected an http://host[:port][/base] URL, got {url!r}")
+        elif u.scheme not in ("http", "https") or not u.hostname:
+            self.err(path, f"expected an http[s]://host[:port][/base] URL, got {url!r}")
         elif u.username is not None or u.password is not None:
             self.err(path, f"URL {url!r} must not contain credentials")
         elif u.query or u.fragment:
             self.err(path, f"an upstream URL has no query or fragment, got {url!r}")
+
+    # ------------------------------------------------------------------ TLS
+
+    def path_of(self, path: tuple, value: str) -> str:
+        """A file path from the config, relative to the file that holds the key."""
+        from ..tlsctx import resolve_path
+
+        return resolve_path(value, self.doc.locate(path)[0])
+
+    def upstream_tls(self, raw: dict | None, path: tuple) -> m.UpstreamTls:
+        if not raw:
+            return m.UpstreamTls()
+        verify = raw.get("verify", True)
+        ca = raw.get("ca_file")
+        if ca is not None:
+            ca = self.path_of(path + ("ca_file",), ca)
+            if verify:
+                from ..tlsctx import TlsFileError, client_context
+
+                try:
+                    client_context(True, ca)
+                except TlsFileError as e:
+                    self.err(path + ("ca_file",), str(e))
+        if not verify:
+            self.warn(path + ("verify",), "TLS verification of upstreams is off: their "
+                                          "certificates are not checked")
+        return m.UpstreamTls(verify, ca)
+
+    def server_tls(self, raw: dict | None, path: tuple) -> m.ServerTls | None:
+        if raw is None or not raw.get("certificates"):
+            return None
+        from ..tlsctx import TlsFileError, certificate_context
+
+        min_version = raw.get("min_version", "1.2")
+        certs, names, default = [], {}, None
+        for i, c in enumerate(raw["certificates"]):
+            p = path + ("certificates", i)
+            if c.get("pkcs12") is not None:
+                self.err(p + ("pkcs12",), "PKCS#12 bundles: not supported by this build "
+                         "(convert: openssl pkcs12 -in F -nodes -out cert+key.pem)")
+                continue
+            sni = c["sni"].strip().lower().rstrip(".")
+            if not sni or (sni.startswith("*") and not sni.startswith("*.")) \
+                    or "*" in sni[1:]:
+                self.err(p + ("sni",), f"expected a host name or *.parent, got {c['sni']!r}")
+            elif sni in names:
+                self.err(p + ("sni",), f"{sni!r} has a certificate already "
+                                       f"({dotted(names[sni])})")
+            names.setdefault(sni, p)
+            if c.get("default"):
+                if default is not None:
+                    self.err(p + ("default",), f"only one certificate can be the default "
+                                               f"(also {dotted(default)})")
+                default = default or p
+            if not c.get("cert") or not c.get("key"):
+                self.err(p, "a certificate needs cert and key (PEM files)")
+                continue
+            cert = self.path_of(p + ("cert",), c["cert"])
+            key = self.path_of(p + ("key",), c["key"])
+            try:
+                certificate_context(cert, key, min_version)
+            except TlsFileError as e:
+                self.err(p, str(e))
+                continue
+            certs.append(m.Certificate(sni, cert, key, bool(c.get("default"))))
+        return m.ServerTls(tuple(certs), min_version)
 
     # ------------------------------------------------------------------ pieces
 
@@ -388,11 +454,10 @@ class Builder:
             lb="least_conn" if lb == "least_connections" else lb,
             retry=retry, timeout_ms=raw.get("timeout_ms", 30000), health_check=hc,
             path_rewrite=rewrite, preserve_host=raw.get("preserve_host", True),
+            tls=self.upstream_tls(raw.get("tls"), path + ("tls",)),
         )
 
     def reverse(self, raw: dict, path: tuple) -> m.Reverse:
-        if raw.get("tls") is not None:
-            self.err(path + ("tls",), f"TLS termination: {UNSUPPORTED}")
         if (raw.get("http3") or {}).get("enabled", False):
             self.err(path + ("http3", "enabled"), UNSUPPORTED)
         if raw.get("tls_passthrough_routes"):
@@ -413,6 +478,7 @@ class Builder:
             sni_host_exceptions=exceptions,
             underscores_in_headers=raw.get("underscores_in_headers", False),
             max_request_body_bytes=raw.get("max_request_body_bytes"),
+            tls=self.server_tls(raw.get("tls"), path + ("tls",)),
         )
 
     # ------------------------------------------------------------------ top level
@@ -502,7 +568,8 @@ class Builder:
                 self.err(p + ("name",), f"duplicate upstream name {u['name']!r}")
             seen.add(u["name"])
             self.check_proxy_url(p + ("url",), u["url"])
-            out.append(m.Upstream(u["name"], u["url"]))
+            out.append(m.Upstream(u["name"], u["url"],
+                                  self.upstream_tls(u.get("tls"), p + ("tls",))))
         return tuple(out)
 
     def check_unique_names_and_addresses(self, cfg: m.Config) -> None:

@@ -171,6 +171,31 @@ class Listener:
 
 
 @dataclass(frozen=True, slots=True)
+class Certificate:
+    """A certificate of a TLS listener: ``sni`` is a name or ``*.parent``; paths are
+    resolved against the directory of the file that named them."""
+
+    sni: str
+    cert: str
+    key: str
+    default: bool = False  # ours: for clients without SNI or with an unknown name
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    certificates: tuple[Certificate, ...]
+    min_version: str = "1.2"  # ours
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """ours: TLS towards https:// upstreams (origins and upstream proxies)."""
+
+    verify: bool = True
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Backend:
     name: str | None
     weight: int
@@ -228,6 +253,7 @@ class Route:
     health_check: HealthCheck | None = None
     path_rewrite: PathRewrite | None = None
     preserve_host: bool = True  # ours: the upstream sees the client's Host
+    tls: UpstreamTls = field(default_factory=UpstreamTls)  # for https:// upstreams
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +267,7 @@ class Reverse:
     sni_host_exceptions: tuple[str, ...] = ()
     underscores_in_headers: bool = False  # ours, as on listeners
     max_request_body_bytes: int | None = None  # ours, as on listeners
+    tls: ServerTls | None = None
 
 
 # --------------------------------------------------------------------------- global blocks
@@ -305,6 +332,7 @@ class Runtime:
     client_keepalive_timeout_ms: int = 15000
     client_body_timeout_ms: int = 30000
     send_timeout_ms: int = 30000
+    tls_handshake_timeout_ms: int = 10000
     worker_timeout_ms: int = 30000
     cpu_affinity: tuple[int, ...] | str | None = None  # CPU list, "auto", or None
     cpu_affinity_iface: str | None = None
@@ -348,6 +376,7 @@ class AuthUser:
 class Upstream:
     name: str
     url: str
+    tls: UpstreamTls = field(default_factory=UpstreamTls)
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,4 +403,11 @@ class Config:
         for up in self.upstreams:
             if up.name == ref:
                 return up.url
+        return None
+
+    def upstream_tls(self, ref: str | None) -> "UpstreamTls | None":
+        """The TLS settings of a named upstream (a URL reference has the defaults)."""
+        for up in self.upstreams:
+            if up.name == ref:
+                return up.tls
         return None

@@ -245,6 +245,29 @@ LISTENER = {
     Optional("max_request_body_bytes"): Nullable(Int(0)),
 }
 
+def TlsVersion(v):
+    """``"1.2"``/``"1.3"`` (also written unquoted, which YAML reads as a number, or as
+    ``TLSv1.2``)."""
+    text = str(v) if isinstance(v, (str, float)) and not isinstance(v, bool) else None
+    if text is not None and text.lower().startswith("tlsv"):
+        text = text[4:]
+    if text not in ("1.2", "1.3"):
+        raise Invalid(f"must be 1.2 or 1.3, got {v!r}")
+    return text
+
+
+REVERSE_TLS = {
+    Optional("certificates"): Nullable(List({
+        Required("sni"): Str, Optional("cert"): Nullable(Str), Optional("key"): Nullable(Str),
+        Optional("pkcs12"): Nullable(Str), Optional("pkcs12_password_env"): Nullable(Str),
+        Optional("default"): Bool})),
+    Optional("min_version"): TlsVersion,
+}
+
+# ours: TLS towards upstreams (https:// origins and upstream proxies)
+UPSTREAM_TLS = {Optional("verify"): Bool, Optional("ca_file"): Nullable(Str)}
+
+
 HEALTH_CHECK = {Optional("interval_ms"): Ms, Optional("timeout_ms"): Ms,
                 Optional("fail_threshold"): Int(1), Optional("cooldown_ms"): Ms,
                 Optional("path"): Nullable(Str)}
@@ -280,6 +303,7 @@ ROUTE = {
     Optional("cache"): Nullable(ROUTE_CACHE),
     Optional("path_rewrite"): Nullable(PATH_REWRITE),
     Optional("preserve_host"): Bool,
+    Optional("tls"): Nullable(UPSTREAM_TLS),
 }
 
 TLS_PASSTHROUGH_ROUTE = {
@@ -291,9 +315,6 @@ TLS_PASSTHROUGH_ROUTE = {
     Optional("health_check"): Nullable(HEALTH_CHECK),
 }
 
-REVERSE_TLS = {Optional("certificates"): Nullable(List({
-    Required("sni"): Str, Optional("cert"): Nullable(Str), Optional("key"): Nullable(Str),
-    Optional("pkcs12"): Nullable(Str), Optional("pkcs12_password_env"): Nullable(Str)}))}
 
 REVERSE_HTTP3 = {
     Optional("enabled"): Bool,
@@ -337,7 +358,7 @@ RUNTIME = {
         "upstream_http_timeout_ms", "tls_peek_timeout_ms", "http_header_read_timeout_ms",
         "upgrade_wait_timeout_ms", "tunnel_idle_timeout_ms", "h3_read_timeout_ms",
         "graceful_timeout_ms", "client_keepalive_timeout_ms", "client_body_timeout_ms",
-        "send_timeout_ms")},
+        "send_timeout_ms", "tls_handshake_timeout_ms")},
     # Workers beat once a second: below 2 s a busy but healthy worker would be killed.
     Optional("worker_timeout_ms"): Int(2000),
     Optional("max_concurrent_connections"): Int(1),
@@ -396,7 +417,8 @@ TOP = Schema({
                                           Optional("password"): Nullable(Str),
                                           Optional("ha1"): Nullable(Str)})),
         Optional("ldap"): Nullable(LDAP)}),
-    Optional("upstreams"): Nullable(List({Required("name"): Str, Required("url"): Str})),
+    Optional("upstreams"): Nullable(List({Required("name"): Str, Required("url"): Str,
+                                          Optional("tls"): Nullable(UPSTREAM_TLS)})),
     Optional("cache"): Nullable({Optional("backends"): Nullable(List(dict))}),
     Optional("listeners"): Nullable(List(LISTENER)),
     Optional("reverse"): Nullable(List(REVERSE)),

@@ -45,15 +45,17 @@ class HttpEdge:
         self.xdp = xdp
         self.trusted = trusted
         self.filter = filt
+        self.tls = None  # a tlsctx.ServerTls on TLS listeners
 
     def handle(self, sock, address) -> None:
         services = self.services
         conn = Conn(sock, services.sweeper)
         try:
             client = Client(address, sock.getsockname())
+            tls = self.tls
             initial = prologue(conn, client, services, self.name, self.xdp, self.trusted,
-                               self.filter)
-            if initial is not None:
+                               self.filter, tls is not None)
+            if initial is not None and (tls is None or self.terminate(conn, client)):
                 self.start(ClientSession(conn, services, client, self.name, initial,
                                          self.limits))
         except (OSError, DeadlineExceeded):
@@ -65,6 +67,37 @@ class HttpEdge:
             raise
         finally:
             conn.close()
+
+    def terminate(self, conn: Conn, client: Client) -> bool:
+        """The TLS handshake of a client connection (certificate by SNI), bounded by
+        ``tls_handshake_timeout_ms``.  False when it failed: counted by outcome, logged
+        with the reason, closed without a byte more."""
+        import ssl
+
+        from ..tlsconn import handshake, wrap
+
+        services = self.services
+        metrics = services.metrics
+        try:
+            wrap(conn, self.tls.context, True)
+            handshake(conn, monotonic() + services.tls_handshake_timeout)
+        except DeadlineExceeded:
+            outcome, detail = "timeout", "TLS handshake not complete before the deadline"
+        except ssl.SSLError as e:
+            outcome, detail = tls_failure(conn, e)
+        except OSError as e:
+            outcome, detail = "error", f"TLS handshake: {e.strerror or e}"
+        else:
+            sock = conn.sock
+            client.sni = sock.sni
+            client.tls = sock.version()
+            if metrics is not None:
+                metrics.tls_handshake(self.name, "ok", sock.session_reused)
+            return True
+        if metrics is not None:
+            metrics.tls_handshake(self.name, outcome)
+        closed_before_http(self.name, client, f"tls-{outcome}", detail)
+        return False
 
     def start(self, session: ClientSession) -> None:
         """A connection past its prologue (the transparent edge sniffs here first)."""
@@ -134,6 +167,23 @@ class HttpEdge:
 
     def handle_request(self, session: ClientSession, req: Request, started: float) -> bool:
         raise NotImplementedError
+
+
+_VERSION_REASONS = ("UNSUPPORTED_PROTOCOL", "WRONG_VERSION_NUMBER", "NO_PROTOCOLS_AVAILABLE",
+                    "TLSV1_ALERT_PROTOCOL_VERSION", "VERSION_TOO_LOW")
+
+
+def tls_failure(conn: Conn, e) -> tuple[str, str]:
+    """(outcome, detail) of a failed client handshake, for the metric and the log."""
+    reason = getattr(e, "reason", None) or str(e)
+    refusal = getattr(conn.sock, "refusal", None)
+    if refusal:
+        return "no_cert", refusal
+    if any(v in reason for v in _VERSION_REASONS):
+        return "version", f"TLS version refused ({reason})"
+    if reason == "HTTP_REQUEST":
+        return "error", "plain HTTP sent to a TLS port"
+    return "error", f"TLS handshake failed: {reason}"
 
 
 # --------------------------------------------------------------------------- preambles

@@ -102,9 +102,45 @@ def dial(services: Services, listener: str, target: Target, deadline: float) -> 
                                 upstream=label, local=True) from None
         raise UpstreamError(502, f"connecting to {label}: {e.strerror or e}", sent=False,
                             upstream=label) from None
+    if target.tls is not None:
+        _upstream_tls(services, listener, target, conn, deadline)
     if services.metrics is not None:
         services.metrics.upstream_connect(listener, monotonic() - t0)
     return conn
+
+
+def _upstream_tls(services: Services, listener: str, target: Target, conn: Conn,
+                  deadline: float) -> None:
+    """TLS to an https:// upstream: SNI and verification against its host name, the
+    last session of the same pool key resumed.  A failure closes ``conn`` and raises
+    UpstreamError 502 (504 on the deadline) naming why."""
+    import ssl
+
+    from ..tlsconn import handshake, wrap
+
+    label = target.label
+    try:
+        wrap(conn, target.tls, False, target.host,
+             services.pool.tls_session(target.key))
+        handshake(conn, deadline)
+        return
+    except ssl.SSLCertVerificationError as e:
+        if services.metrics is not None:
+            services.metrics.upstream_tls_failure(listener)
+        error = UpstreamError(502, f"TLS to {label}: certificate verification failed: "
+                                   f"{e.verify_message or e.reason}", sent=False,
+                              upstream=label)
+    except DeadlineExceeded:
+        error = UpstreamError(504, f"TLS handshake with {label} timed out", sent=False,
+                              upstream=label)
+    except ssl.SSLError as e:
+        error = UpstreamError(502, f"TLS handshake with {label} failed: "
+                                   f"{e.reason or e}", sent=False, upstream=label)
+    except OSError as e:
+        error = UpstreamError(502, f"TLS handshake with {label}: {e.strerror or e}",
+                              sent=False, upstream=label)
+    conn.close()
+    raise error
 
 
 class UpstreamExchange:

@@ -107,7 +107,8 @@ class ForwardEdge(HttpEdge):
             headers = control.request.apply(req.headers)
         direct, host = self.targets.get(req.host, req.port)
         if action.via is not None:
-            target, absolute = Target(action.via.host, action.via.port, True, False), host
+            target = Target(action.via.host, action.via.port, True, False, action.via.tls)
+            absolute = host
         else:
             target, absolute = direct, None
         head = writer.request_head(req, req.method.encode(), req.path.encode("ascii"),
@@ -129,7 +130,8 @@ class ForwardEdge(HttpEdge):
             raise HttpError(403, f"CONNECT to port {req.port} is not allowed", "forbidden")
         deadline = monotonic() + services.upstream_timeout
         if action.via is not None:
-            target = Target(action.via.host, action.via.port, via_proxy=True, guard=False)
+            target = Target(action.via.host, action.via.port, via_proxy=True, guard=False,
+                            tls=action.via.tls)
         else:
             target = Target(req.host, req.port, via_proxy=False, guard=self.guard)
         up = dial(services, self.name, target, deadline)

@@ -24,7 +24,7 @@ class Client:
     """Who is on the other end: the socket peer, and the client PROXY metadata named."""
 
     __slots__ = ("peer_ip", "peer_port", "local_ip", "local_port", "ip", "port", "key",
-                 "proxy_dst", "label")
+                 "proxy_dst", "label", "sni", "tls")
 
     def __init__(self, peer: tuple, local: tuple):
         self.peer_ip, self.peer_port = peer[0], peer[1]
@@ -33,6 +33,8 @@ class Client:
         self.key = parse_ip(self.ip)
         self.proxy_dst: tuple[str, int] | None = None
         self.label = f"{self.ip}:{self.port}"
+        self.sni: str | None = None  # TLS-terminated connections: the ClientHello's name
+        self.tls: str | None = None  # ... and the protocol version ("TLSv1.3")
 
     def set_source(self, ip: str, port: int) -> None:
         self.ip, self.port = ip, port
@@ -46,10 +48,12 @@ class Client:
 
 
 def prologue(conn: Conn, client: Client, services: Services, name: str, xdp, trusted:
-             TrustSet | None, filt) -> bytes | None:
+             TrustSet | None, filt, exact: bool = False) -> bytes | None:
     """PROXY metadata and connection filter.  Returns the bytes already read that belong
     to the application protocol, or None when the connection must be closed (the reason
-    is logged; nothing is sent: the peer may be an L4 frontend, not a browser)."""
+    is logged; nothing is sent: the peer may be an L4 frontend, not a browser).
+    ``exact``: read nothing past the PROXY header (TLS listeners: OpenSSL must find the
+    ClientHello in the socket); the result is then always ``b""``."""
     data = b""
     if trusted is not None:
         if client.peer_ip not in trusted:
@@ -58,7 +62,7 @@ def prologue(conn: Conn, client: Client, services: Services, name: str, xdp, tru
                         "PROXY metadata required but the peer is not trusted")
                 return None
         else:
-            data = _proxy_header(conn, client, services, name, xdp)
+            data = _proxy_header(conn, client, services, name, xdp, exact)
             if data is None:
                 return None
     if filt is not None:
@@ -71,10 +75,11 @@ def prologue(conn: Conn, client: Client, services: Services, name: str, xdp, tru
     return data
 
 
-def _proxy_header(conn: Conn, client: Client, services: Services, name: str, xdp
-                  ) -> bytes | None:
+def _proxy_header(conn: Conn, client: Client, services: Services, name: str, xdp,
+                  exact: bool = False) -> bytes | None:
     """Read a trusted peer's PROXY header under ``metadata_timeout_ms`` and apply it to
-    ``client``; the bytes after it, or None (refused and logged)."""
+    ``client``; the bytes after it, or None (refused and logged).  ``exact``: peek, and
+    consume only the header's own bytes."""
     required = xdp.require_metadata
     version = 2 if xdp.metadata_mode == "proxy-v2" else 1
     parser = ProxyHeaderParser(version)
@@ -83,7 +88,7 @@ def _proxy_header(conn: Conn, client: Client, services: Services, name: str, xdp
     info = None
     try:
         while info is None:
-            chunk = conn.recv()
+            chunk = conn.peek() if exact else conn.recv()
             if not chunk:
                 _refuse(services, name, client, "proxy-eof",
                         "connection closed before the PROXY header")
@@ -92,11 +97,16 @@ def _proxy_header(conn: Conn, client: Client, services: Services, name: str, xdp
             try:
                 info = parser.feed(chunk)
             except ProxyProtocolError as e:
-                if not required and not could_be_header(data, version):
+                if not required and not could_be_header(data, version) \
+                        and (not exact or data == chunk):
                     conn.deadline = 0.0
-                    return data  # optional metadata, plain client: keep its bytes
+                    # optional metadata, plain client: keep its bytes (in the socket
+                    # when exact)
+                    return b"" if exact else data
                 _refuse(services, name, client, f"proxy-{e.reason}", str(e))
                 return None
+            if exact:  # take the header's bytes out of the socket, nothing more
+                conn.recv(len(chunk) - (len(parser.remainder) if info is not None else 0))
     except DeadlineExceeded:
         _refuse(services, name, client, "proxy-timeout",
                 "PROXY header not complete before the deadline")
@@ -116,7 +126,7 @@ def _proxy_header(conn: Conn, client: Client, services: Services, name: str, xdp
         client.proxy_dst = info.dst
     if services.metrics is not None:
         services.metrics.proxy_header(name, "accepted")
-    return parser.remainder
+    return b"" if exact else parser.remainder
 
 
 def _refuse(services: Services, name: str, client: Client, reason: str, detail: str) -> None:

@@ -69,6 +69,7 @@ class ReverseEdge(HttpEdge):
         super().__init__(services, rp.name, rp.model.xdp, rp.trusted, rp.filter,
                          rp.limits)
         self.rp = rp
+        self.tls = rp.tls
         metrics = services.metrics
         on_change = self._health_changed if metrics is not None else None
         self.balancers = [RouteBalancer(r, on_change) for r in rp.routes]
@@ -96,8 +97,11 @@ class ReverseEdge(HttpEdge):
             session.log_request(req, 200, started, action="options")
             return True
         client = session.client
-        ctx = MatchContext(client.key, client.dst_port, req.host, None, req.method, req.path,
-                           req)
+        if client.tls is not None and not self.rp.sni_host_allowed(client.sni, req.host):
+            raise HttpError(421, f"host {req.host} is not the TLS server name {client.sni}",
+                            "misdirected_request")
+        ctx = MatchContext(client.key, client.dst_port, req.host, client.sni, req.method,
+                           req.path, req)
         route = self.rp.route(ctx)
         self.count_rules(ctx)
         if route is None:
@@ -142,7 +146,8 @@ class ReverseEdge(HttpEdge):
             head = writer.reverse_request_head(
                 req, req.method.encode(), endpoint.base_b + target,
                 client_host if route.preserve_host else endpoint.authority_b,
-                session.client.ip.encode(), client_host, b"http",
+                session.client.ip.encode(), client_host,
+                b"http" if session.client.tls is None else b"https",
                 self.services.policy.via_line, None if mf is None else mf - 1, headers)
             endpoint.inflight += 1
             try:

@@ -53,6 +53,7 @@ class Services:
         self.upstream_timeout = rt.upstream_http_timeout_ms / 1000.0
         self.tunnel_idle = rt.tunnel_idle_timeout_ms / 1000.0
         self.peek_timeout = rt.tls_peek_timeout_ms / 1000.0
+        self.tls_handshake_timeout = rt.tls_handshake_timeout_ms / 1000.0
         self.trace_enabled = rt.trace_enabled
         self.stopping = False
         self.idle: set = set()  # client sessions waiting for their next request

@@ -226,10 +226,11 @@ class ClientSession:
         matching costs ~500 instructions per argument in CPython 3.11.)"""
         services = self.services
         if services.access.enabled:
+            client = self.client
             services.access.record(
-                self.name, self.client.label, req.method if req is not None else "-",
+                self.name, client.label, req.method if req is not None else "-",
                 req.target if req is not None else "-", status, rule, action, bytes_in,
-                bytes_out, monotonic() - started, upstream, reason)
+                bytes_out, monotonic() - started, upstream, reason, client.tls, client.sni)
         if services.metrics is not None:
             services.metrics.request(self.name, action or "refused", status,
                                      monotonic() - started)

@@ -123,7 +123,7 @@ class TransparentEdge(HttpEdge):
             return dial(self.services, self.name, Target(host, port, via_proxy=False,
                                                          guard=self.guard), deadline), b""
         up = dial(self.services, self.name, Target(via.host, via.port, via_proxy=True,
-                                                   guard=False), deadline)
+                                                   guard=False, tls=via.tls), deadline)
         try:
             rest = connect_via(self.services, up, writer.authority(host, port), deadline)
         except BaseException:
@@ -241,7 +241,8 @@ class TransparentEdge(HttpEdge):
             (req.get(b"host") or writer.authority(host, port))
         if action.via is not None:
             absolute = writer.authority(host, port)
-            target = Target(action.via.host, action.via.port, via_proxy=True, guard=False)
+            target = Target(action.via.host, action.via.port, via_proxy=True, guard=False,
+                            tls=action.via.tls)
         else:
             absolute = None
             target = Target(host, port, via_proxy=False, guard=self.guard)

@@ -292,7 +292,7 @@ class ReversePolicy:
         if rv.tls is not None and rv.tls.certificates:
             from .tlsctx import ServerTls
 
-            self.tls = ServerTls(rv.tls.certificates, rv.tls.min_version)
+            self.tls = ServerTls.get(rv.tls.certificates, rv.tls.min_version)
         self.enforce_sni = rv.enforce_sni_host_match
         self.sni_exceptions = RuleSet.compile([m.MatchSpec(host=(h,))
                                                for h in rv.sni_host_exceptions]) \

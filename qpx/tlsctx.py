@@ -93,7 +93,18 @@ def certificate_context(cert: str, key: str, min_version: str = "1.2",
 class ServerTls:
     """The certificates of one TLS listener, chosen by SNI.  ``context`` is what
     accepted connections are wrapped with; the chosen name lands on the socket
-    (``sock.sni``)."""
+    (``sock.sni``).  Build it with :meth:`get`: the same certificates (by content) and
+    settings give the same object, whose base context keeps its ticket keys."""
+
+    @classmethod
+    def get(cls, certificates, min_version: str = "1.2",
+            alpn: tuple[str, ...] = ("http/1.1",)) -> "ServerTls":
+        ident = ("listener", tuple((c.sni.lower(), c.default, _fingerprint(c.cert, c.key))
+                                   for c in certificates), min_version, alpn)
+        hit = _cache.get(ident)
+        if hit is None:
+            hit = _cache[ident] = cls(certificates, min_version, alpn)
+        return hit
 
     def __init__(self, certificates, min_version: str = "1.2",
                  alpn: tuple[str, ...] = ("http/1.1",)):

@@ -254,9 +254,9 @@ class CompiledBackend:
 
 
 class CompiledRoute:
-    def __init__(self, index: int, r: m.Route):
+    def __init__(self, index: int, r: m.Route, kind: str = "route"):
         self.index = index
-        self.label = f"route {index}"
+        self.label = f"{kind} {index}"
         self.model = r
         self.backends = tuple(CompiledBackend(b.name, b.weight,
                                               tuple(parse_hop(u, r.tls) for u in b.upstreams))
@@ -293,6 +293,9 @@ class ReversePolicy:
             from .tlsctx import ServerTls
 
             self.tls = ServerTls.get(rv.tls.certificates, rv.tls.min_version)
+        self.passthrough = [CompiledRoute(i, r, "passthrough")
+                            for i, r in enumerate(rv.tls_passthrough_routes)]
+        self.passthrough_rules = RuleSet.compile([r.match for r in rv.tls_passthrough_routes])
         self.enforce_sni = rv.enforce_sni_host_match
         self.sni_exceptions = RuleSet.compile([m.MatchSpec(host=(h,))
                                                for h in rv.sni_host_exceptions]) \
@@ -315,6 +318,10 @@ class ReversePolicy:
     def route(self, ctx: MatchContext) -> CompiledRoute | None:
         i = self.ruleset.first_match(ctx)
         return self.routes[i] if i >= 0 else None
+
+    def passthrough_route(self, ctx: MatchContext) -> CompiledRoute | None:
+        i = self.passthrough_rules.first_match(ctx)
+        return self.passthrough[i] if i >= 0 else None
 
 
 # --------------------------------------------------------------------------- whole config

@@ -359,3 +359,42 @@ backend rev
     finally:
         hp.send_signal(signal.SIGTERM)
         hp.wait(10)
+
+
+def test_passthrough_routes_by_sni_before_termination(qpxd, ca):
+    """Passthrough is decided on the ClientHello: the client talks TLS with the origin
+    itself (its certificate, its SNI); other names are terminated by qpxd."""
+    behind = ca.issue("behind", "pass.test")
+    o = TlsOrigin(behind.cert, behind.key)
+    own = ca.issue("own", "own.test")
+    port = free_port()
+    d = qpxd(tls_reverse(port, [cert_entry(own, "own.test")], tls_passthrough_routes=[
+        {"match": {"sni": ["pass.test"]}, "upstreams": [f"127.0.0.1:{o.port}"]}]))
+    r = curl("--cacert", str(ca.path), "--resolve", f"pass.test:{port}:127.0.0.1",
+             f"https://pass.test:{port}/")
+    assert r.stdout == "tls origin sni=pass.test\n", r.stderr
+    assert handshake_cn(port, ca, "pass.test") == "pass.test"  # the origin's certificate
+    r = curl("--cacert", str(ca.path), "--resolve", f"own.test:{port}:127.0.0.1",
+             f"https://own.test:{port}/")
+    assert r.stdout == "hello over tls"
+    time.sleep(0.8)
+    lines = [json.loads(x) for x in d.out().splitlines() if x.startswith("{")]
+    assert any(x["action"] == "passthrough" and x["target"] == "pass.test" and
+               x["upstream"] == f"127.0.0.1:{o.port}" and x["bytes_out"] > 0
+               for x in lines), lines
+
+
+def test_passthrough_only_port_closes_unknown_names_and_non_tls(qpxd, ca):
+    behind = ca.issue("behind", "pass.test")
+    o = TlsOrigin(behind.cert, behind.key)
+    port = free_port()
+    d = qpxd({"reverse": [{"name": "pt", "listen": f"127.0.0.1:{port}",
+                           "tls_passthrough_routes": [
+                               {"match": {"sni": ["*.test"], "src_ip": ["127.0.0.0/8"]},
+                                "upstreams": [f"127.0.0.1:{o.port}"]}]}]})
+    assert handshake_cn(port, ca, "pass.test") == "pass.test"
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        handshake_cn(port, ca, "pass.example")
+    d.wait_log("no passthrough route for SNI 'pass.example'")
+    assert raw_request(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", timeout=3) == b""
+    d.wait_log("not a TLS ClientHello")

@@ -460,10 +460,14 @@ class Builder:
     def reverse(self, raw: dict, path: tuple) -> m.Reverse:
         if (raw.get("http3") or {}).get("enabled", False):
             self.err(path + ("http3", "enabled"), UNSUPPORTED)
-        if raw.get("tls_passthrough_routes"):
-            self.err(path + ("tls_passthrough_routes",), UNSUPPORTED)
+        passthrough = tuple(self.passthrough_route(r, path + ("tls_passthrough_routes", i))
+                            for i, r in enumerate(raw.get("tls_passthrough_routes") or ()))
         routes = tuple(self.route(r, path + ("routes", i))
                        for i, r in enumerate(raw.get("routes") or ()))
+        tls_raw = raw.get("tls") or {}
+        if routes and passthrough and not tls_raw.get("certificates"):
+            self.err(path + ("routes",), "HTTP routes beside tls_passthrough_routes need "
+                                         "tls.certificates (the port speaks TLS)")
         if not routes and not raw.get("tls_passthrough_routes"):
             self.err(path + ("routes",), f"reverse {raw['name']!r} has no routes")
         exceptions = tuple(raw.get("sni_host_exceptions") or ())
@@ -479,7 +483,44 @@ class Builder:
             underscores_in_headers=raw.get("underscores_in_headers", False),
             max_request_body_bytes=raw.get("max_request_body_bytes"),
             tls=self.server_tls(raw.get("tls"), path + ("tls",)),
+            tls_passthrough_routes=passthrough,
         )
+
+    def passthrough_route(self, raw: dict, path: tuple) -> m.Route:
+        """A TLS passthrough route, as a route whose upstreams are TCP endpoints:
+        ``host:port`` (port 443 when omitted) or a URL."""
+        ups = []
+        for i, u in enumerate(raw.get("upstreams") or ()):
+            url = u if "://" in u else f"tcp://{u}"
+            try:
+                parts = urlsplit(url)
+                port = parts.port or 443
+            except ValueError as e:
+                self.err(path + ("upstreams", i), f"invalid upstream {u!r}: {e}")
+                continue
+            if not parts.hostname or parts.path not in ("", "/"):
+                self.err(path + ("upstreams", i), f"expected host:port, got {u!r}")
+                continue
+            host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+            ups.append(f"tcp://{host}:{port}")
+        if not raw.get("upstreams"):
+            self.err(path + ("upstreams",), "a passthrough route needs upstreams")
+        lb = (raw.get("lb") or "round_robin").lower()
+        if lb not in ("round_robin", "least_conn", "least_connections", "random"):
+            self.err(path + ("lb",), f"must be one of round_robin, least_conn, random; "
+                                     f"got {raw.get('lb')!r}")
+            lb = "round_robin"
+        hc = m.HealthCheck(**raw["health_check"]) if raw.get("health_check") is not None \
+            else None
+        if hc is not None and hc.path is not None:
+            self.err(path + ("health_check", "path"), "passthrough upstreams are probed by "
+                                                      "TCP connect: no path")
+        return m.Route(
+            match=self.match(raw.get("match"), path + ("match",)),
+            backends=(m.Backend(None, 1, tuple(ups)),) if ups else (),
+            lb="least_conn" if lb == "least_connections" else lb,
+            retry=m.Retry(**raw["retry"]) if raw.get("retry") is not None else None,
+            timeout_ms=raw.get("timeout_ms", 30000), health_check=hc)
 
     # ------------------------------------------------------------------ top level
 

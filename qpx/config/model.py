@@ -268,6 +268,7 @@ class Reverse:
     underscores_in_headers: bool = False  # ours, as on listeners
     max_request_body_bytes: int | None = None  # ours, as on listeners
     tls: ServerTls | None = None
+    tls_passthrough_routes: tuple[Route, ...] = ()  # upstreams as tcp://host:port
 
 
 # --------------------------------------------------------------------------- global blocks

@@ -31,8 +31,11 @@ from ..health import start_probes
 from ..http import writer
 from ..http.errors import HttpError, UpstreamError
 from ..http.request import Request
+from ..netio import Conn, DeadlineExceeded
 from ..policy import CompiledRoute, ReversePolicy
+from ..relay import tunnel
 from ..rules import MatchContext
+from ..tlssniff import MAX_HELLO, ClientHelloSniffer, NotTls
 from .common import (
     ALLOW_REVERSE,
     HttpEdge,
@@ -40,7 +43,8 @@ from .common import (
     answer_max_forwards,
     refuse_trace_and_loops,
 )
-from .exchange import UpstreamExchange
+from .exchange import UpstreamExchange, dial
+from .prologue import Client, closed_before_http
 from .services import Services
 from .session import ClientSession
 
@@ -64,16 +68,55 @@ def rewrite_path(route: CompiledRoute, target: str) -> str:
     return path + sep + query
 
 
+PASSTHROUGH_ONLY = object()  # a TLS port without certificates of its own
+
+
+def peek_hello(conn: Conn, timeout: float):
+    """The ClientHello (a :class:`~qpx.tlssniff.Hello`) read with ``MSG_PEEK`` within
+    ``timeout``, the bytes left in the socket; or a string saying why not.  A hello
+    split over several segments is polled every 5 ms (a peek leaves the socket readable,
+    so waiting on it would spin)."""
+    import gevent
+
+    deadline = monotonic() + timeout
+    conn.deadline = deadline
+    seen = 0
+    try:
+        while True:
+            data = conn.peek(MAX_HELLO + 1024)
+            if not data:
+                return "closed before the ClientHello was complete"
+            if len(data) > seen:
+                seen = len(data)
+                hello = ClientHelloSniffer().feed(data)
+                if hello is not None:
+                    return hello
+            if monotonic() >= deadline:
+                raise DeadlineExceeded()
+            gevent.sleep(0.005)
+    except NotTls as e:
+        return f"not a TLS ClientHello: {e}"
+    except DeadlineExceeded:
+        return "ClientHello not complete before the peek deadline"
+    except OSError as e:
+        return f"reading the ClientHello: {e.strerror or e}"
+    finally:
+        conn.deadline = 0.0
+
+
 class ReverseEdge(HttpEdge):
     def __init__(self, rp: ReversePolicy, services: Services):
         super().__init__(services, rp.name, rp.model.xdp, rp.trusted, rp.filter,
                          rp.limits)
         self.rp = rp
-        self.tls = rp.tls
+        # a TLS port: terminated (certificates), passed through (passthrough routes), or
+        # both (passthrough routes first, decided on the ClientHello)
+        self.tls = rp.tls if rp.tls is not None or not rp.passthrough else PASSTHROUGH_ONLY
         metrics = services.metrics
         on_change = self._health_changed if metrics is not None else None
         self.balancers = [RouteBalancer(r, on_change) for r in rp.routes]
-        for b in self.balancers:
+        self.passthrough = [RouteBalancer(r, on_change) for r in rp.passthrough]
+        for b in self.balancers + self.passthrough:
             if metrics is not None:
                 for e in b.endpoints():
                     metrics.upstream_health(rp.name, e.label, True)
@@ -84,6 +127,80 @@ class ReverseEdge(HttpEdge):
 
     def upstream_message(self, e: UpstreamError) -> str:
         return "gateway_timeout" if e.status == 504 else "reverse_error"
+
+    # ------------------------------------------------------------------ TLS passthrough
+
+    def terminate(self, conn: Conn, client: Client) -> bool:
+        """Passthrough routes first (on the ClientHello, peeked: the bytes stay in the
+        socket for the upstream or for OpenSSL), then termination."""
+        if self.passthrough:
+            started = monotonic()
+            hello = peek_hello(conn, self.services.peek_timeout)
+            if isinstance(hello, str):
+                closed_before_http(self.name, client, "tls-hello", hello)
+                return False
+            route = self.rp.passthrough_route(
+                MatchContext(client.key, client.dst_port, None, hello.sni))
+            if route is not None:
+                self.pass_through(conn, client, route, hello.sni, started)
+                return False
+            if self.rp.tls is None:
+                closed_before_http(self.name, client, "tls-no-route",
+                                   f"no passthrough route for SNI {hello.sni!r}")
+                return False
+        return HttpEdge.terminate(self, conn, client)
+
+    def pass_through(self, conn: Conn, client: Client, route: CompiledRoute,
+                     sni: str | None, started: float) -> None:
+        """Relay the TLS connection untouched to the route's upstream (health-aware,
+        with the route's retries for connect failures); one access log line."""
+        services = self.services
+        balancer = self.passthrough[route.index]
+        tried: set | tuple = ()
+        for attempt in range(route.attempts):
+            endpoint = balancer.pick(0, tried)
+            if endpoint is None:
+                self.log_passthrough(client, sni, route, 503, started, 0, 0, None,
+                                     "no healthy upstream")
+                return
+            try:
+                up = dial(services, self.name, endpoint.target, monotonic() + route.timeout)
+            except (UpstreamError, HttpError) as e:
+                if isinstance(e, UpstreamError) and not e.local:
+                    endpoint.failure()
+                tried = tried | {endpoint} if tried else {endpoint}
+                if attempt + 1 < route.attempts:
+                    continue
+                self.log_passthrough(client, sni, route, e.status, started, 0, 0,
+                                     endpoint.label, e.reason)
+                return
+            endpoint.success()
+            break
+        endpoint.inflight += 1
+        up_bytes = down_bytes = 0
+        try:
+            up_bytes, down_bytes = tunnel(conn, up, services.tunnel_idle, services.buffers)
+        except (OSError, DeadlineExceeded):
+            pass
+        finally:
+            endpoint.inflight -= 1
+            up.close()
+        if services.metrics is not None:
+            services.metrics.tunnel_bytes(self.name, up_bytes, down_bytes)
+        self.log_passthrough(client, sni, route, 200, started, up_bytes, down_bytes,
+                             endpoint.label, None)
+
+    def log_passthrough(self, client: Client, sni: str | None, route: CompiledRoute,
+                        status: int, started: float, bytes_in: int, bytes_out: int,
+                        upstream: str | None, reason: str | None) -> None:
+        services = self.services
+        if services.access.enabled:
+            services.access.record(self.name, client.label, "TLS", sni or "-", status,
+                                   route.label, "passthrough", bytes_in, bytes_out,
+                                   monotonic() - started, upstream, reason, None, sni)
+        if services.metrics is not None:
+            services.metrics.request(self.name, "passthrough", status,
+                                     monotonic() - started)
 
     def handle_request(self, session: ClientSession, req: Request, started: float) -> bool:
         if req.method == "CONNECT":

@@ -398,3 +398,25 @@ def test_passthrough_only_port_closes_unknown_names_and_non_tls(qpxd, ca):
     d.wait_log("no passthrough route for SNI 'pass.example'")
     assert raw_request(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", timeout=3) == b""
     d.wait_log("not a TLS ClientHello")
+
+
+def test_forward_absolute_form_https_reaches_the_origin_over_verified_tls(qpxd, ca):
+    from conftest import forward_config
+
+    good = ca.issue("good", "localhost")
+    o = TlsOrigin(good.cert, good.key)
+    port = free_port()
+    # the system store is OpenSSL's default paths: SSL_CERT_FILE names the test CA
+    qpxd(forward_config(port), env={"SSL_CERT_FILE": str(ca.path)})
+    req = (b"GET https://localhost:%d/x HTTP/1.1\r\nHost: localhost:%d\r\n"
+           b"Connection: close\r\n\r\n" % (o.port, o.port))
+    resp = raw_request(port, req)
+    assert resp.startswith(b"HTTP/1.1 200") and resp.endswith(b"tls origin sni=localhost\n"), \
+        resp
+    port2 = free_port()
+    d = qpxd(forward_config(port2))  # the real system store does not know the test CA
+    resp = raw_request(port2, req)
+    assert resp.startswith(b"HTTP/1.1 502"), resp
+    time.sleep(0.8)
+    assert "certificate verification failed: unable to get local issuer certificate" \
+        in d.out(), d.out()

@@ -58,7 +58,7 @@ class ForwardEdge(HttpEdge):
             raise HttpError(400, "a forward proxy needs an absolute URI or CONNECT")
         refuse_trace_and_loops(req, self.services)
         connect = req.method == "CONNECT"
-        if not connect and req.scheme != "http":
+        if not connect and req.scheme not in ("http", "https"):
             raise HttpError(501, f"{req.scheme}:// is not proxied (use CONNECT)",
                             "not_implemented")
         port = req.port or 80
@@ -105,7 +105,12 @@ class ForwardEdge(HttpEdge):
         headers = None
         if control is not None and control.request is not None:
             headers = control.request.apply(req.headers)
-        direct, host = self.targets.get(req.host, req.port)
+        if req.scheme == "https":  # absolute-form https://: qpxd speaks TLS to the origin
+            host = writer.authority(req.host, req.port)
+            direct = Target(req.host, req.port or 443, False, self.guard,
+                            services.origin_tls())
+        else:
+            direct, host = self.targets.get(req.host, req.port)
         if action.via is not None:
             target = Target(action.via.host, action.via.port, True, False, action.via.tls)
             absolute = host
@@ -113,7 +118,7 @@ class ForwardEdge(HttpEdge):
             target, absolute = direct, None
         head = writer.request_head(req, req.method.encode(), req.path.encode("ascii"),
                                    absolute, host, services.policy.via, headers,
-                                   None if mf is None else mf - 1)
+                                   None if mf is None else mf - 1, req.scheme.encode())
         result = UpstreamExchange(session, req, target,
                                   control.response if control is not None else None,
                                   req.upgrade is not None).run(head, services.upstream_timeout)

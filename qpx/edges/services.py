@@ -54,6 +54,7 @@ class Services:
         self.tunnel_idle = rt.tunnel_idle_timeout_ms / 1000.0
         self.peek_timeout = rt.tls_peek_timeout_ms / 1000.0
         self.tls_handshake_timeout = rt.tls_handshake_timeout_ms / 1000.0
+        self._origin_tls = None
         self.trace_enabled = rt.trace_enabled
         self.stopping = False
         self.idle: set = set()  # client sessions waiting for their next request
@@ -69,3 +70,13 @@ class Services:
         now = monotonic()
         for session in list(self.idle):
             session.drain(now)
+
+    def origin_tls(self):
+        """The client context for origins named by absolute-form ``https://`` URLs:
+        verification against the system store (``SSL_CERT_FILE`` / ``SSL_CERT_DIR``
+        name another), made on first use."""
+        if self._origin_tls is None:
+            from ..tlsctx import client_context
+
+            self._origin_tls = client_context()
+        return self._origin_tls

@@ -78,13 +78,13 @@ def _framing_line(req: Request) -> bytes:
 
 def request_head(req: Request, method: bytes, path: bytes, absolute: bytes | None,
                  host: bytes, via: bytes, headers: Triples | None = None,
-                 max_forwards: int | None = None) -> bytes:
+                 max_forwards: int | None = None, scheme: bytes = b"http") -> bytes:
     """A forward or transparent request head: the request line (origin-form ``path``,
-    or absolute-form ``http://<absolute><path>`` for an upstream proxy), the client's
-    fields minus hop-by-hop ones, our ``Host``, ``Via`` and framing.  ``headers``: a
-    header-controlled field list; None forwards the client's fields."""
+    or absolute-form ``<scheme>://<absolute><path>`` for an upstream proxy), the
+    client's fields minus hop-by-hop ones, our ``Host``, ``Via`` and framing.
+    ``headers``: a header-controlled field list; None forwards the client's fields."""
     first_line = b"%s %s HTTP/1.1\r\n" % (method, path) if absolute is None else \
-        b"%s http://%s%s HTTP/1.1\r\n" % (method, absolute, path)
+        b"%s %s://%s%s HTTP/1.1\r\n" % (method, scheme, absolute, path)
     if headers is None and req.plain:  # the common case: cut the raw head
         parts = [first_line[:-2], req.forward_lines(), b"\r\nHost: ", host, b"\r\nVia: ",
                  via, b"\r\n"]

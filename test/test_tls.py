@@ -420,3 +420,53 @@ def test_forward_absolute_form_https_reaches_the_origin_over_verified_tls(qpxd, 
     time.sleep(0.8)
     assert "certificate verification failed: unable to get local issuer certificate" \
         in d.out(), d.out()
+
+
+def test_websocket_over_tls_to_a_wss_style_upstream(qpxd, ca):
+    """wss:// at the edge: TLS terminated by qpxd, the upgrade relayed both ways to an
+    https:// upstream (TLS on both legs)."""
+    import threading
+
+    up = ca.issue("up", "localhost")
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(up.cert, up.key)
+    ws = socket.create_server(("127.0.0.1", 0))
+    wport = ws.getsockname()[1]
+
+    def serve():
+        raw, _ = ws.accept()
+        c = sctx.wrap_socket(raw, server_side=True)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += c.recv(4096)
+        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\n\r\n")
+        while True:
+            d = c.recv(4096)
+            if not d:
+                break
+            c.sendall(b"echo:" + d)
+        c.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    site = ca.issue("site", "site.test")
+    port = free_port()
+    qpxd(tls_reverse(port, [cert_entry(site, "site.test")], routes=[
+        {"match": {}, "upstreams": [f"https://localhost:{wport}"],
+         "tls": {"ca_file": str(ca.path)}}]))
+    ctx = ssl.create_default_context(cafile=str(ca.path))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="site.test") as s:
+            s.sendall(b"GET /chat HTTP/1.1\r\nHost: site.test\r\nUpgrade: websocket\r\n"
+                      b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += s.recv(4096)
+            assert head.startswith(b"HTTP/1.1 101"), head
+            for msg in (b"one", b"two" * 5000):
+                s.sendall(msg)
+                want = b"echo:" + msg
+                got = b""
+                while len(got) < len(want):
+                    got += s.recv(65536)
+                assert got.startswith(b"echo:") and got.replace(b"echo:", b"") == msg

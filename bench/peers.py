@@ -157,7 +157,8 @@ class Qpxd(Peer):
     def __init__(self, workdir: Path, cpu: int | None, *, mode: str = "forward",
                  origin_port: int = 0, workers: int = 1, acceptors: int = 1,
                  rules: list | None = None, label: str | None = None,
-                 metrics: bool = False, root: Path = ROOT, env: dict | None = None):
+                 metrics: bool = False, root: Path = ROOT, env: dict | None = None,
+                 tls: tuple[Path, Path] | None = None):
         self.name = label or "qpxd"
         self.root = root  # the source tree to run (an A/B run compares two)
         self.env = env
@@ -179,6 +180,10 @@ class Qpxd(Peer):
             cfg["reverse"] = [{"name": "rev", "listen": f"127.0.0.1:{self.port}",
                                "routes": [{"match": {},
                                            "upstreams": [f"http://127.0.0.1:{origin_port}"]}]}]
+            if tls is not None:
+                cfg["reverse"][0]["tls"] = {"certificates": [
+                    {"sni": "bench.test", "cert": str(tls[0]), "key": str(tls[1]),
+                     "default": True}]}
         if self.metrics_port:
             cfg["metrics"] = {"listen": f"127.0.0.1:{self.metrics_port}"}
         (self.dir / "qpx.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -246,9 +251,13 @@ class ProxyPy(Peer):
 class NginxReverse(Peer):
     name = "nginx"
 
-    def __init__(self, workdir: Path, cpu: int | None, origin_port: int, workers: int = 1):
-        self.name = "nginx" if workers == 1 else f"nginx {workers}w"
+    def __init__(self, workdir: Path, cpu: int | None, origin_port: int, workers: int = 1,
+                 tls: tuple[Path, Path] | None = None, label: str | None = None):
+        self.name = label or ("nginx" if workers == 1 else f"nginx {workers}w")
         super().__init__(workdir, cpu)
+        ssl = "" if tls is None else (f" ssl; ssl_certificate {tls[0]}; "
+                                      f"ssl_certificate_key {tls[1]}; "
+                                      "ssl_protocols TLSv1.2 TLSv1.3")
         (self.dir / "tmp").mkdir(exist_ok=True)
         (self.dir / "nginx.conf").write_text(f"""
 user root; daemon off; worker_processes {workers}; pid {self.dir}/nginx.pid;
@@ -259,7 +268,7 @@ http {{
   client_body_temp_path {self.dir}/tmp; proxy_temp_path {self.dir}/tmp;
   fastcgi_temp_path {self.dir}/tmp; uwsgi_temp_path {self.dir}/tmp; scgi_temp_path {self.dir}/tmp;
   upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 64; }}
-  server {{ listen 127.0.0.1:{self.port};
+  server {{ listen 127.0.0.1:{self.port}{ssl};
            location / {{ proxy_pass http://origin; proxy_http_version 1.1;
                          proxy_set_header Connection ""; }} }}
 }}
@@ -272,9 +281,15 @@ http {{
 class HaproxyReverse(Peer):
     name = "haproxy"
 
-    def __init__(self, workdir: Path, cpu: int | None, origin_port: int, threads: int = 1):
+    def __init__(self, workdir: Path, cpu: int | None, origin_port: int, threads: int = 1,
+                 tls: tuple[Path, Path] | None = None):
         self.name = "haproxy" if threads == 1 else f"haproxy {threads}t"
         super().__init__(workdir, cpu)
+        ssl = ""
+        if tls is not None:
+            bundle = self.dir / "bundle.pem"
+            bundle.write_text(tls[0].read_text() + tls[1].read_text())
+            ssl = f" ssl crt {bundle}"
         (self.dir / "haproxy.cfg").write_text(f"""
 global
   nbthread {threads}
@@ -287,7 +302,7 @@ defaults
   timeout client 60s
   timeout server 60s
 frontend fe
-  bind 127.0.0.1:{self.port}
+  bind 127.0.0.1:{self.port}{ssl}
   default_backend be
 backend be
   server origin 127.0.0.1:{origin_port}

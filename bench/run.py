@@ -31,8 +31,8 @@ from peers import (ROOT, HaproxyReverse, NginxOrigin, NginxReverse, ProxyPy, Qpx
                    Squid, Tinyproxy, cpu_seconds, free_port, rss_kb)
 
 LOAD_CPU, PROXY_CPU = 1, 0
-SECTIONS = ("engine", "forward", "browser", "connect", "get1m", "reverse", "scaling", "spread",
-            "rules", "memory")
+SECTIONS = ("engine", "forward", "browser", "connect", "get1m", "reverse", "tls", "scaling",
+            "spread", "rules", "memory")
 
 
 def units(text: str) -> float:
@@ -42,8 +42,11 @@ def units(text: str) -> float:
 
 
 def wrk(url: str, seconds: float, *, script: bool, env: dict | None = None,
-        connections: int = 50, cpu: int | None = LOAD_CPU) -> dict:
+        connections: int = 50, cpu: int | None = LOAD_CPU,
+        headers: tuple[str, ...] = ()) -> dict:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
+    for h in headers:
+        cmd += ["-H", h]
     if script:
         cmd += ["-s", str(ROOT / "bench" / "lua" / "forward.lua")]
     cmd.append(url)
@@ -63,8 +66,32 @@ def wrk(url: str, seconds: float, *, script: bool, env: dict | None = None,
         return {"rps": 0.0, "p99_ms": 0.0, "errors": -1, "non2xx": 0, "failed": why}
     errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
+    mb_s = 0.0
+    if m := re.search(r"Transfer/sec:\s+([\d.]+)(B|KB|MB|GB)", out):
+        mb_s = float(m.group(1)) * {"B": 1 / 2**20, "KB": 1 / 1024, "MB": 1.0,
+                                    "GB": 1024.0}[m.group(2)]
     return {"rps": float(rps_m.group(1)), "p99_ms": units(p99_m.group(1)), "errors": errors,
-            "non2xx": non2xx}
+            "non2xx": non2xx, "mb_s": mb_s}
+
+
+def full_handshakes(port: int, seconds: float, procs: int = 3,
+                    cpu: int | None = LOAD_CPU) -> dict:
+    """Full TLS handshakes per second (``openssl s_time -new``: no session is resumed),
+    ``procs`` clients in parallel, each fetching /100b once per connection."""
+    cmd = ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new",
+           "-time", f"{max(1, round(seconds))}", "-www", "/100b"]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu)] + cmd
+    t0 = time.monotonic()
+    running = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True) for _ in range(procs)]
+    total = 0
+    for p in running:
+        out, _ = p.communicate(timeout=seconds + 60)
+        m = re.search(r"(\d+) connections in [\d.]+s;", out)
+        total += int(m.group(1)) if m else 0
+    wall = time.monotonic() - t0
+    return {"rps": total / wall, "p99_ms": 0.0, "errors": 0, "non2xx": 0, "mb_s": 0.0}
 
 
 def bulk(mode: str, origin: int, seconds: float, proxy: int | None = None) -> dict:
@@ -253,6 +280,58 @@ class Bench:
                     row[key] = summarize(row["runs"], key)
         return rows
 
+    def section_tls(self) -> list[dict]:
+        """TLS termination on the reverse edge, one worker each, pinned: full handshakes
+        (openssl s_time -new) and resumed ones (wrk with ``Connection: close``: wrk
+        resumes its session) per key type; keep-alive requests and 1 MiB downloads
+        against nginx and qpxd's own cleartext listener."""
+        from certs import make_cert
+
+        secs = self.args.seconds
+        o = self.origin.port
+        certs = {k: make_cert(self.work / "certs", k) for k in ("ecdsa", "rsa")}
+
+        def measured(p, url: str, full: bool = False, **kw) -> dict:
+            pids = p.pids()
+            c0 = cpu_seconds(pids)
+            r = full_handshakes(p.port, secs) if full else wrk(url, secs, script=False, **kw)
+            r["cpu_s"] = cpu_seconds(pids) - c0
+            r["req_per_cpu_s"] = r["rps"] * secs / max(r["cpu_s"], 1e-9)
+            return r
+
+        rows = []
+        for kind, (cert, key) in certs.items():
+            peers = [Qpxd(self.work, PROXY_CPU, mode="reverse", origin_port=o,
+                          tls=(cert, key)),
+                     NginxReverse(self.work, PROXY_CPU, o, tls=(cert, key)),
+                     HaproxyReverse(self.work, PROXY_CPU, o, tls=(cert, key))]
+            part = self.interleaved(peers, lambda p: measured(p, "", full=True))
+            rows += [{**r, "test": "full handshakes", "key": kind} for r in part]
+            part = self.interleaved(peers, lambda p: measured(
+                p, f"https://127.0.0.1:{p.port}/100b", headers=("Connection: close",)))
+            rows += [{**r, "test": "resumed handshakes", "key": kind} for r in part]
+        cert, key = certs["ecdsa"]
+        peers = [Qpxd(self.work, PROXY_CPU, mode="reverse", origin_port=o, tls=(cert, key),
+                      label="qpxd tls"),
+                 Qpxd(self.work, PROXY_CPU, mode="reverse", origin_port=o,
+                      label="qpxd cleartext"),
+                 NginxReverse(self.work, PROXY_CPU, o, tls=(cert, key), label="nginx tls")]
+
+        def keepalive(p):
+            scheme = "http" if p.name == "qpxd cleartext" else "https"
+            r = measured(p, f"{scheme}://127.0.0.1:{p.port}/100b")
+            big = wrk(f"{scheme}://127.0.0.1:{p.port}/1m", secs, script=False,
+                      connections=4)
+            r["mb_s"] = big["mb_s"]
+            return r
+        rows += [{**r, "test": "keepalive", "key": "ecdsa"}
+                 for r in self.interleaved(peers, keepalive)]
+        for row in rows:
+            if "runs" in row:
+                for k in ("rps", "p99_ms", "req_per_cpu_s", "mb_s"):
+                    row[k] = summarize(row["runs"], k)
+        return rows
+
     def section_scaling(self) -> list[dict]:
         secs = self.args.seconds
         env = {"ORIGIN": f"127.0.0.1:{self.origin.port}", "OBJ": "/100b"}
@@ -327,6 +406,7 @@ class Bench:
                     ("connect", lambda: self.section_bulk("connect")),
                     ("get1m", lambda: self.section_bulk("get")),
                     ("reverse", self.section_reverse),
+                    ("tls", self.section_tls),
                     ("scaling", self.section_scaling),
                     ("spread", self.section_spread),
                     ("rules", self.section_rules),

@@ -229,9 +229,9 @@ def test_check_refuses_missing_unreadable_and_mismatched_files(ca, tmp_path):
     assert r.returncode == 1
     got = sorted(e.split(": ", 1)[1] for e in errors(r))
     assert got == sorted([
-        f"reverse.0.tls.certificates.0: cannot read {tmp_path}/nope.crt: No such file or "
-        "directory",
-        f"reverse.0.tls.certificates.1: the key {a.key} does not match the certificate "
+        f"reverse.0.tls.certificates.0.cert: cannot read {tmp_path}/nope.crt: No such file "
+        "or directory",
+        f"reverse.0.tls.certificates.1.key: the key {a.key} does not match the certificate "
         f"{b.cert}",
         "reverse.0.tls.certificates.2: a certificate needs cert and key (PEM files)",
         "reverse.0.tls.certificates.3.sni: expected a host name or *.parent, got 'x*.test'",

@@ -83,10 +83,20 @@ class TlsBlocks:
                 continue
             cert = self.path_of(p + ("cert",), c["cert"])
             key = self.path_of(p + ("key",), c["key"])
+            unreadable = False
+            for name, file in (("cert", cert), ("key", key)):
+                try:
+                    with open(file, "rb"):
+                        pass
+                except OSError as e:
+                    self.err(p + (name,), f"cannot read {file}: {e.strerror or e}")
+                    unreadable = True
+            if unreadable:
+                continue
             try:
                 certificate_context(cert, key, min_version)
             except TlsFileError as e:
-                self.err(p, str(e))
+                self.err(p + ("key",), str(e))
                 continue
             certs.append(m.Certificate(sni, cert, key, bool(c.get("default"))))
         return m.ServerTls(tuple(certs), min_version)

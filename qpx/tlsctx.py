@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import ssl
 
 from .tlsconn import TlsSocket
@@ -36,6 +37,8 @@ TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 _cache: dict[tuple, ssl.SSLContext] = {}
+# what a server name may hold (RFC 6066: a DNS host name; "_" as real names have it)
+_HOST_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]{0,251}[a-z0-9_])?")
 
 
 class TlsFileError(ValueError):
@@ -143,6 +146,9 @@ class ServerTls:
 
     def _choose(self, sock, server_name: str | None, base: ssl.SSLContext):
         name = server_name.lower().rstrip(".") if server_name else None
+        if name is not None and not _HOST_NAME.fullmatch(name):
+            sock.refusal = f"invalid SNI {server_name!r}"
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
         sock.sni = name
         ctx = self.lookup(name)
         if ctx is None:

@@ -194,12 +194,18 @@ def test_bad_input_on_a_tls_port_is_closed_logged_and_costs_nothing_else(qpxd, c
         assert s.recv(100) == b""
         assert 0.8 < time.monotonic() - t0 < 3.0
     d.wait_log('"reason":"tls-timeout"')
-    # an SNI with bytes no host name has
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        ctx = ssl.create_default_context(cafile=str(ca.path))
-        ctx.check_hostname = False
-        with pytest.raises((ssl.SSLError, ValueError, UnicodeError)):
-            ctx.wrap_socket(raw, server_hostname="bad\x01name")
+    # an SNI with bytes no host name has (openssl sends whatever it is given)
+    out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}",
+                          "-servername", "bad\x01name"], input="", capture_output=True,
+                         text=True, timeout=15)
+    assert "unrecognized name" in out.stderr, out.stderr
+    d.wait_log("invalid SNI 'bad\\\\x01name'")  # repr, then JSON-escaped
+    # a renegotiation attempt (TLS 1.2) is refused; the connection ends
+    out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}",
+                          "-servername", "a.test", "-tls1_2"], input="R\n",
+                         capture_output=True, text=True, timeout=15)
+    assert "RENEGOTIATING" in out.stderr + out.stdout
+    assert "Cipher is" in out.stdout
     # the worker still serves
     r = curl("--cacert", str(ca.path), "--resolve", f"a.test:{port}:127.0.0.1",
              f"https://a.test:{port}/")

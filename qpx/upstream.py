@@ -169,6 +169,14 @@ class ConnectionPool:
     def tls_session(self, key: tuple):
         return self._sessions.get(key)
 
+    def remember_session(self, key: tuple, conn: Conn) -> None:
+        """Keep a TLS connection's session to resume the next dial with the same key."""
+        session = conn.sock.session
+        if session is not None:
+            if len(self._sessions) >= 4096:
+                self._sessions.clear()
+            self._sessions[key] = session
+
     def get(self, key: tuple) -> tuple[Conn, object] | None:
         """(connection, its parser) or None."""
         stack = self._idle.get(key)
@@ -189,12 +197,6 @@ class ConnectionPool:
     def put(self, key: tuple, conn: Conn, parser=None) -> None:
         if conn.closed:
             return
-        if key[-1] is not None:  # TLS: keep its session to resume the next dial
-            session = conn.sock.session
-            if session is not None:
-                if len(self._sessions) >= 4096:
-                    self._sessions.clear()
-                self._sessions[key] = session
         stack = self._idle.setdefault(key, [])
         if len(stack) >= self.max_idle_per_key:
             stack.pop(0)[1].close()

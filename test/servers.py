@@ -296,16 +296,20 @@ def make_cert(directory: Path, cn: str = "localhost") -> tuple[Path, Path]:
 class TlsOrigin(_Server):
     """HTTPS: answers every request with 200 and a body naming the SNI it saw."""
 
-    def __init__(self, cert: Path, key: Path, host: str = "127.0.0.1"):
+    def __init__(self, cert: Path, key: Path, host: str = "127.0.0.1",
+                 keepalive: bool = True):
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(cert, key)
         self.sni: list[str | None] = []
+        self.resumed: list[bool] = []  # per connection: was the TLS session resumed
+        self.keepalive = keepalive
         self.ctx.sni_callback = lambda s, name, c: self.sni.append(name)
         super().__init__(host)
 
     def _serve(self, conn: socket.socket, peer) -> None:
         try:
             with self.ctx.wrap_socket(conn, server_side=True) as tls:
+                self.resumed.append(tls.session_reused)
                 buf = b""
                 while True:
                     msg = read_http_message(tls, buf, lambda d: None)
@@ -313,7 +317,10 @@ class TlsOrigin(_Server):
                         return
                     head, body, buf = msg
                     payload = b"tls origin sni=%s\n" % (self.sni[-1] or "-").encode()
-                    tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
-                                % (len(payload), payload))
+                    tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s"
+                                % (len(payload), b"" if self.keepalive else
+                                   b"Connection: close\r\n", payload))
+                    if not self.keepalive:
+                        return
         except (OSError, ssl.SSLError):
             pass

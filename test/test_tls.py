@@ -200,6 +200,12 @@ def test_bad_input_on_a_tls_port_is_closed_logged_and_costs_nothing_else(qpxd, c
                          text=True, timeout=15)
     assert "unrecognized name" in out.stderr, out.stderr
     d.wait_log("invalid SNI 'bad\\\\x01name'")  # repr, then JSON-escaped
+    # a TLS 1.0 ClientHello gets a protocol_version alert and a tls-version line
+    out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1",
+                          "-cipher", "DEFAULT:@SECLEVEL=0"], input="", capture_output=True,
+                         text=True, timeout=15)
+    assert "alert protocol version" in out.stderr, out.stderr
+    d.wait_log('"reason":"tls-version"')
     # a renegotiation attempt (TLS 1.2) is refused; the connection ends
     out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}",
                           "-servername", "a.test", "-tls1_2"], input="R\n",
@@ -476,3 +482,15 @@ def test_websocket_over_tls_to_a_wss_style_upstream(qpxd, ca):
                 while len(got) < len(want):
                     got += s.recv(65536)
                 assert got.startswith(b"echo:") and got.replace(b"echo:", b"") == msg
+
+
+def test_upstream_tls_sessions_are_resumed_on_new_connections(qpxd, ca):
+    good = ca.issue("good", "localhost")
+    o = TlsOrigin(good.cert, good.key, keepalive=False)  # every response closes
+    port = free_port()
+    qpxd(reverse_to(port, f"https://localhost:{o.port}/", {"ca_file": str(ca.path)}))
+    for _ in range(4):
+        resp = raw_request(port, b"GET / HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+        assert resp.startswith(b"HTTP/1.1 200"), resp
+    assert o.connections == 4
+    assert o.resumed[0] is False and all(o.resumed[1:]), o.resumed

@@ -296,6 +296,10 @@ class UpstreamExchange:
                 else:
                     head = self._early_answer(conn, parser, failed, deadline)
                 self.conn = conn
+                if not reused and self.target.tls is not None:
+                    # a TLS 1.3 ticket arrives before the response: keep the session
+                    # for the next dial to this upstream, whatever becomes of this one
+                    services.pool.remember_session(self.target.key, conn)
                 return head
             except UpstreamError as e:
                 conn.abort()

@@ -36,3 +36,13 @@ def numa_local_cpus(iface: str, sys_root: str = "/sys") -> list[int]:
             return parse_cpulist(cpus)
     online = _read(os.path.join(sys_root, "devices/system/cpu/online"))
     return parse_cpulist(online) if online else sorted(os.sched_getaffinity(0))
+
+
+def cpu_plan(cfg) -> list[int] | None:
+    """The CPUs workers are pinned to, in order, or None for no pinning."""
+    aff = cfg.runtime.cpu_affinity
+    if aff is None:
+        return None
+    if aff == "auto":
+        return numa_local_cpus(cfg.runtime.cpu_affinity_iface or "")
+    return list(aff)

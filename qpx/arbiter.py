@@ -32,12 +32,14 @@ import time
 from dataclasses import dataclass
 
 from . import log, sdnotify
+from .affinity import cpu_plan
 from .config import ConfigError, load_config
 from .config.model import Config
-from .listeners import BindError, SocketRegistry
+from .listeners import BindError, SocketRegistry, raise_nofile
 from .pidfile import PidFile, PidFileBusy
 from .policy import Policy, compile_config
 from .scoreboard import RELOADING, RUNNING, STARTING, STOPPING, Scoreboard
+from .upgrade import Upgrade, UpgradeSignals, report_ready
 
 monotonic = time.monotonic
 
@@ -48,7 +50,7 @@ MAX_WORKERS = 256  # the schema's cap on worker_threads; the scoreboard fits a f
 SIGNALS = {
     signal.SIGHUP: "hup", signal.SIGTERM: "term", signal.SIGINT: "int",
     signal.SIGQUIT: "quit", signal.SIGUSR1: "usr1", signal.SIGTTIN: "ttin",
-    signal.SIGTTOU: "ttou", signal.SIGCHLD: "chld",
+    signal.SIGTTOU: "ttou", signal.SIGCHLD: "chld", signal.SIGUSR2: "usr2",
 }
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
 
@@ -74,31 +76,6 @@ def endpoints(cfg: Config) -> list[tuple[str, str, object]]:
     return out
 
 
-def cpu_plan(cfg: Config) -> list[int] | None:
-    """The CPUs workers are pinned to, in order, or None for no pinning."""
-    aff = cfg.runtime.cpu_affinity
-    if aff is None:
-        return None
-    if aff == "auto":
-        from .affinity import numa_local_cpus
-
-        return numa_local_cpus(cfg.runtime.cpu_affinity_iface or "")
-    return list(aff)
-
-
-def _raise_nofile() -> None:
-    """Every connection is a descriptor (two when proxied): lift the soft limit to the
-    hard one, as nginx's worker_rlimit_nofile or HAProxy do."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass
-
-
 def _worker_failed(index: int, e: BaseException) -> None:
     """One line naming the cause for the operator; the traceback only at debug level
     (it is for us, not for them)."""
@@ -110,7 +87,7 @@ def _worker_failed(index: int, e: BaseException) -> None:
     log.logger.debug("worker failure traceback", exc_info=True)
 
 
-class Arbiter:
+class Arbiter(UpgradeSignals):
     def __init__(self, files: list[str], cfg: Config, policy: Policy,
                  pidfile: str | None = None):
         self.files = files
@@ -133,6 +110,9 @@ class Arbiter:
         self.metrics = None
         self._wake_r = self._wake_w = self._notify_r = self._notify_w = -1
         self._ready: set[int] = set()
+        self.upgrade: Upgrade | None = None  # a USR2 upgrade in flight (old master)
+        self.handed_over = False  # the new master serves: we drain and exit
+        self._handoff = -1  # new master: the pipe to tell the old one we are ready
 
     # ------------------------------------------------------------------ start
 
@@ -146,13 +126,14 @@ class Arbiter:
         except ImportError:  # pragma: no cover
             pass
         self._setup_metrics_dir()
-        _raise_nofile()
+        raise_nofile()
         if self.pidfile:
             try:
                 self.pidlock.acquire(self.pid)
             except (PidFileBusy, OSError) as e:
                 log.log(logging.ERROR, f"cannot start: {e}")
                 return 1
+        self._adopt_inherited(cfg)
         try:
             self._bind(cfg, self.num_workers)
         except BindError as e:
@@ -171,6 +152,9 @@ class Arbiter:
         addrs = ", ".join(f"{k}:{n}={a}" for k, n, a in endpoints(cfg))
         log.log(logging.INFO, "qpxd ready", workers=self.num_workers,
                 acceptors=cfg.runtime.acceptors(), listen=addrs)
+        if self._handoff >= 0:
+            report_ready(self._handoff, self.pid)
+            self._handoff = -1
         try:
             self._loop()
         finally:
@@ -231,7 +215,8 @@ class Arbiter:
             index=index, generation=generation, entry=entry, config=cfg, policy=policy,
             endpoints=eps, scoreboard=self.scoreboard, notify_fd=self._notify_w,
             master_pid=self.pid,
-            close_fds=self.registry.fds() | {self._wake_r, self._wake_w, self._notify_r},
+            close_fds=self.registry.fds() | {self._wake_r, self._wake_w, self._notify_r,
+                                             self._handoff} - {-1},
             cpu=cpus[index % len(cpus)] if cpus else None, own_addresses=own)
         sys.stdout.flush()
         sys.stderr.flush()
@@ -348,6 +333,9 @@ class Arbiter:
                 return
             if pid == 0:
                 return
+            if self.upgrade is not None and pid == self.upgrade.pid:
+                self._upgrade_failed(self.upgrade.exited(status))
+                continue
             info = self.workers.pop(pid, None)
             if info is None:
                 continue
@@ -488,6 +476,8 @@ class Arbiter:
             else:
                 self._respawn_due()
             self._check_heartbeats()
+            if self.upgrade is not None and not self.handed_over:
+                self._poll_upgrade()
             log.flush_pending()
             dropped = log.report_drops()
             if self.metrics is not None:
@@ -538,7 +528,8 @@ class Arbiter:
             return
         log.log(logging.INFO, "graceful stop", workers=len(self.workers))
         self.stopping = True
-        sdnotify.notify("STOPPING=1")
+        if not self.handed_over:  # else systemd's main PID is the new master now
+            sdnotify.notify("STOPPING=1")
         self.scoreboard.set_master(STOPPING, 0)
         self.respawn_at.clear()
         grace = self.cfg.runtime.graceful_timeout_ms / 1000.0

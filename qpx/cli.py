@@ -25,9 +25,11 @@ examples:
   qpxd -v                                the version (also --version, qpxd version)
   qpxd match -c qpx.yaml --listener forward --src-ip 10.1.2.3 --host ads.example.com
   kill -HUP $(cat /run/qpxd/qpxd.pid)   reload with zero failed connections
+  kill -USR2 $(cat /run/qpxd/qpxd.pid)  upgrade to the installed qpxd, same sockets
 
 signals to the master: HUP reload, TERM graceful stop, INT/QUIT fast stop,
-USR1 reopen logs, TTIN/TTOU one worker more/fewer.
+USR1 reopen logs, TTIN/TTOU one worker more/fewer, USR2 binary upgrade.
+systemd socket activation (LISTEN_FDS) is used when present.
 exit codes: 0 ok, 1 config error, 2 usage error, 3 (match) default action applied.
 """
 

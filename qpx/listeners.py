@@ -62,6 +62,7 @@ class Group:
     reuse_port: bool
     backlog: int
     sockets: list[socket.socket] = field(default_factory=list)
+    fixed: bool = False  # passed by systemd: its SO_REUSEPORT setting is not ours to change
 
     def _bind_one(self, what: str) -> socket.socket:
         sock = socket.socket(self.addr.family, socket.SOCK_STREAM)
@@ -137,7 +138,7 @@ class SocketRegistry:
                     group = Group(addr, reuse_port, backlog)
                     self.groups[k] = group
                     created.append((group, 0))
-                elif group.reuse_port != reuse_port:
+                elif group.reuse_port != reuse_port and not group.fixed:
                     raise BindError(what, addr, OSError(
                         errno.EINVAL, "runtime.reuse_port changed for an address that is "
                                       "already listening; restart qpxd to apply it"))
@@ -155,6 +156,25 @@ class SocketRegistry:
                     self.groups.pop(self.key(group.addr), None)
             raise
         return [self.groups[self.key(addr)] for _, addr in endpoints]
+
+    def adopt(self, socks: list[socket.socket], fixed: bool) -> list[str]:
+        """Listening sockets that arrived bound (an upgrade's or systemd's) join the
+        group of the address they are bound to; returns their addresses."""
+        import ipaddress
+
+        out = []
+        for sock in socks:
+            host, port = sock.getsockname()[:2]
+            host = str(ipaddress.ip_address(host.split("%")[0]))
+            addr = ListenAddr(host, port)
+            key = self.key(addr)
+            reuse = bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
+            group = self.groups.get(key)
+            if group is None:
+                group = self.groups[key] = Group(addr, reuse, -1, fixed=fixed)
+            group.sockets.append(sock)
+            out.append(str(addr))
+        return out
 
     def snapshot(self) -> dict[tuple[str, int], int]:
         """How many sockets every group has now (for :meth:`rollback`)."""
@@ -190,3 +210,16 @@ class SocketRegistry:
         for g in self.groups.values():
             g.close()
         self.groups.clear()
+
+
+def raise_nofile() -> None:
+    """Every connection is a descriptor (two when proxied): lift the soft limit to the
+    hard one, as nginx's worker_rlimit_nofile or HAProxy do."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass

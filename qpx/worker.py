@@ -60,7 +60,8 @@ def _reset_process(spec: WorkerSpec) -> None:
     # (TTIN, TTOU) a worker that `pkill -HUP qpxd` or a process-group signal reaches.
     # USR1 is ignored until its handler is in place; stop signals keep their default
     # (dying is the right answer before the worker serves).
-    for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
+    for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1,
+                signal.SIGUSR2):
         signal.signal(sig, signal.SIG_IGN)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)

@@ -33,10 +33,14 @@ def test_the_unit_installs_from_a_venv_and_verifies(tmp_path):
         pytest.skip("the qpxd console script is not installed in this environment")
     unit = tmp_path / "qpxd.service"
     unit.write_text(text.replace("/opt/qpxd/bin/qpxd", str(qpxd)))
-    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
-                       text=True, timeout=60)
+    sock = tmp_path / "qpxd.socket"
+    sock.write_text((UNIT.parent / "qpxd.socket").read_text())
+    r = subprocess.run(["systemd-analyze", "verify", str(unit), str(sock)],
+                       capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert "qpxd.service" not in r.stderr, r.stderr  # no warning about our unit
+    assert "qpxd.service" not in r.stderr and "qpxd.socket" not in r.stderr, r.stderr
+    # an upgrade's new master reports MAINPID= itself
+    assert "NotifyAccess=all" in text and "kill -s USR2 --kill-whom=main" in text
 
 
 def test_one_pid_path_in_the_unit_help_and_logrotate():

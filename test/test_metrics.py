@@ -152,7 +152,9 @@ def test_health_is_200_running_and_reloading_503_while_stopping(qpxd, origin):
     o = origin()
     port, mport = free_port(), free_port()
     d = qpxd(config(port, mport, workers=1))
-    assert scrape(mport, "/health") == (200, "ok\n")
+    from qpx import __version__
+
+    assert scrape(mport, "/health") == (200, f"ok qpxd/{__version__}\n")
     d.kill(signal.SIGHUP)  # a load balancer must not drop the node for a reload
     seen = []
     deadline = time.monotonic() + 1.5

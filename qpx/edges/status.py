@@ -27,6 +27,15 @@ TEXT = b"text/plain"
 PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
 
 
+def _version_line() -> bytes:
+    from .. import __version__
+
+    return f"qpxd/{__version__}\n".encode()
+
+
+VERSION_LINE = _version_line()  # which code serves (a USR2 upgrade changes it)
+
+
 class StatusEdge:
     """Serves /metrics and /health (tiny HTTP/1.1 server); an answer is (status,
     content type, body)."""
@@ -46,7 +55,8 @@ class StatusEdge:
     def health(self) -> tuple[int, bytes, bytes]:
         state, _ = self.services.scoreboard.master_state()
         ok = state in (RUNNING, RELOADING) and not self.services.stopping
-        return (200, TEXT, b"ok\n") if ok else (503, TEXT, b"unavailable\n")
+        return (200, TEXT, b"ok " + VERSION_LINE) if ok else \
+            (503, TEXT, b"unavailable " + VERSION_LINE)
 
     def metrics(self) -> tuple[int, bytes, bytes]:
         import gevent

@@ -62,7 +62,9 @@ class Group:
     reuse_port: bool
     backlog: int
     sockets: list[socket.socket] = field(default_factory=list)
-    fixed: bool = False  # passed by systemd: its SO_REUSEPORT setting is not ours to change
+    # passed in (systemd, or the master we upgrade from): its SO_REUSEPORT setting is
+    # not ours to change, whatever runtime.reuse_port says
+    fixed: bool = False
 
     def _bind_one(self, what: str) -> socket.socket:
         sock = socket.socket(self.addr.family, socket.SOCK_STREAM)

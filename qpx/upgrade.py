@@ -216,7 +216,7 @@ class UpgradeSignals:
         socks, origin = inherited_sockets()
         if not socks:
             return
-        adopted = self.registry.adopt(socks, fixed=origin == "systemd")
+        adopted = self.registry.adopt(socks, fixed=True)
         unused = self.registry.close_except([a for _, _, a in _endpoints(cfg)])
         log.log(logging.INFO, "adopted listening sockets", origin=origin,
                 sockets=len(adopted), addresses=sorted(set(adopted)))

@@ -292,7 +292,8 @@ class ReversePolicy:
         if rv.tls is not None and rv.tls.certificates:
             from .tlsctx import ServerTls
 
-            self.tls = ServerTls.get(rv.tls.certificates, rv.tls.min_version)
+            self.tls = ServerTls.get(rv.tls.certificates, rv.tls.min_version,
+                                     ("h2", "http/1.1"))
         self.passthrough = [CompiledRoute(i, r, "passthrough")
                             for i, r in enumerate(rv.tls_passthrough_routes)]
         self.passthrough_rules = RuleSet.compile([r.match for r in rv.tls_passthrough_routes])

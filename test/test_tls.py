@@ -92,10 +92,13 @@ def test_https_reverse_with_curl_reaches_the_origin_with_forwarded_proto(qpxd, c
     assert r.returncode == 0, r.stderr
     assert "origin o" in r.stdout and "GET /hello HTTP/1.1" in r.stdout
     assert "x-forwarded-proto: https" in r.stdout and "host: site.test:" in r.stdout
-    # ALPN offers http/1.1; TLS 1.3 is negotiated; the access log names both
+    # ALPN offers h2 and http/1.1; TLS 1.3 is negotiated; the access log names both
+    r = curl("-v", "--http1.1", "--cacert", str(ca.path), "--resolve",
+             f"site.test:{port}:127.0.0.1", f"https://site.test:{port}/")
+    assert "ALPN: server accepted http/1.1" in r.stderr and "TLSv1.3" in r.stderr
     r = curl("-v", "--cacert", str(ca.path), "--resolve", f"site.test:{port}:127.0.0.1",
              f"https://site.test:{port}/")
-    assert "ALPN: server accepted http/1.1" in r.stderr and "TLSv1.3" in r.stderr
+    assert "ALPN: server accepted h2" in r.stderr
     time.sleep(0.8)
     lines = [json.loads(x) for x in d.out().splitlines() if x.startswith("{")]
     assert any(x.get("tls") == "TLSv1.3" and x.get("sni") == "site.test" and

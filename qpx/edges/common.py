@@ -56,8 +56,11 @@ class HttpEdge:
             initial = prologue(conn, client, services, self.name, self.xdp, self.trusted,
                                self.filter, tls is not None)
             if initial is not None and (tls is None or self.terminate(conn, client)):
-                self.start(ClientSession(conn, services, client, self.name, initial,
-                                         self.limits))
+                if tls is not None and conn.sock.selected_alpn_protocol() == "h2":
+                    self.serve_h2(conn, client, b"")
+                else:
+                    self.start(ClientSession(conn, services, client, self.name, initial,
+                                             self.limits))
         except (OSError, DeadlineExceeded):
             pass
         except BaseException:
@@ -98,6 +101,35 @@ class HttpEdge:
             metrics.tls_handshake(self.name, outcome)
         closed_before_http(self.name, client, f"tls-{outcome}", detail)
         return False
+
+    def serve_h2(self, conn: Conn, client: Client, initial: bytes,
+                 target: tuple[str, int] | None = None) -> None:
+        """An HTTP/2 connection: every stream runs :meth:`serve` over its own
+        connection-shaped stream (:mod:`qpx.h2session`)."""
+        from ..h2session import H2Session
+
+        services = self.services
+
+        def serve_stream(stream) -> None:
+            session = ClientSession(stream, services, client, self.name, b"", self.limits)
+            session.target = target
+            self.serve(session)
+
+        H2Session(conn, services, self.name, client, serve_stream, initial,
+                  self.limits).serve()
+
+    def first_bytes(self, session: ClientSession) -> bytes:
+        """The connection's first bytes (already read, or read now under the header
+        timeout; b"" on timeout or EOF, which the session loop then reports)."""
+        if session.buf:
+            return session.buf
+        conn = session.conn
+        conn.deadline = monotonic() + self.services.header_timeout
+        try:
+            session.buf = conn.recv()
+        except (DeadlineExceeded, OSError):
+            session.buf = b""
+        return session.buf
 
     def start(self, session: ClientSession) -> None:
         """A connection past its prologue (the transparent edge sniffs here first)."""

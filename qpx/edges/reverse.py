@@ -30,6 +30,7 @@ from ..balancer import Endpoint, RouteBalancer, seed_for
 from ..health import start_probes
 from ..http import writer
 from ..http.errors import HttpError, UpstreamError
+from ..http.h2map import looks_like_preface
 from ..http.request import Request
 from ..netio import Conn, DeadlineExceeded
 from ..policy import CompiledRoute, ReversePolicy
@@ -127,6 +128,14 @@ class ReverseEdge(HttpEdge):
 
     def upstream_message(self, e: UpstreamError) -> str:
         return "gateway_timeout" if e.status == 504 else "reverse_error"
+
+    def start(self, session: ClientSession) -> None:
+        """Cleartext: HTTP/2 with prior knowledge (the connection preface), else
+        HTTP/1.1.  (On TLS, ALPN decided before.)"""
+        if self.tls is None and looks_like_preface(self.first_bytes(session)):
+            self.serve_h2(session.conn, session.client, session.buf)
+            return
+        self.serve(session)
 
     # ------------------------------------------------------------------ TLS passthrough
 

@@ -33,6 +33,7 @@ import time
 from .. import log
 from ..http import writer
 from ..http.errors import HttpError
+from ..http.h2map import looks_like_preface
 from ..http.request import Request
 from ..netio import Conn, DeadlineExceeded
 from ..policy import ListenerPolicy
@@ -90,6 +91,8 @@ class TransparentEdge(HttpEdge):
             self._raw(session, target)
         elif data[0] == 0x16:
             self._tls(session, target, data)
+        elif looks_like_preface(data):  # h2c with prior knowledge
+            self.serve_h2(conn, session.client, data, target)
         else:
             session.buf = data
             self.serve(session)

@@ -252,10 +252,12 @@ class NginxReverse(Peer):
     name = "nginx"
 
     def __init__(self, workdir: Path, cpu: int | None, origin_port: int, workers: int = 1,
-                 tls: tuple[Path, Path] | None = None, label: str | None = None):
+                 tls: tuple[Path, Path] | None = None, label: str | None = None,
+                 http2: bool = False):
         self.name = label or ("nginx" if workers == 1 else f"nginx {workers}w")
         super().__init__(workdir, cpu)
-        ssl = "" if tls is None else (f" ssl; ssl_certificate {tls[0]}; "
+        ssl = "" if tls is None else (f" ssl{' http2' if http2 else ''}; "
+                                      f"ssl_certificate {tls[0]}; "
                                       f"ssl_certificate_key {tls[1]}; "
                                       "ssl_protocols TLSv1.2 TLSv1.3")
         (self.dir / "tmp").mkdir(exist_ok=True)

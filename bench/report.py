@@ -199,6 +199,32 @@ def render(res: dict) -> str:
                _ratio(tls, pick("keepalive", "ecdsa", "nginx tls"), "req_per_cpu_s"), None)
         target("1 MiB HTTPS download MB/s vs nginx (reported)",
                _ratio(tls, pick("keepalive", "ecdsa", "nginx tls"), "mb_s"), None)
+    if "h2" in sec:
+        rows = sec["h2"]
+        out += ["## HTTP/2 on the reverse edge (TLS, ALPN h2; one worker each, pinned)", "",
+                "h2load -t1, 100-byte objects, against nginx's HTTP/2 reverse proxy on the "
+                "same upstream (HTTP/1.1 keep-alive to the origin in both); qpxd's own "
+                "HTTP/1.1 keep-alive over TLS (wrk -c50) for comparison.", "",
+                "| test | peer | req/s | requests per CPU-second |", "|---|---|---|---|"]
+        for r in rows:
+            if "rps" in r:
+                out.append(f"| {r['test']} | {r['peer']} | {_span(r['rps'])} | "
+                           f"{_span(r['req_per_cpu_s'])} |")
+            elif "unavailable" in r:
+                out.append(f"| {r.get('test', '')} | {r['peer']} | unavailable: "
+                           f"{r['unavailable']} | |")
+        out.append("")
+
+        def pick2(test, peer):
+            return next((r for r in rows if r.get("test") == test and r["peer"] == peer
+                         and "rps" in r), None)
+        h1 = pick2("http/1.1 keep-alive (wrk -c50)", "qpxd http/1.1")
+        for test in ("h2 1x100", "h2 50x10"):
+            q, n = pick2(test, "qpxd"), pick2(test, "nginx")
+            target(f"{test}: requests per CPU-second vs nginx (≥ 0.35×)",
+                   _ratio(q, n, "req_per_cpu_s"), 0.35)
+            target(f"{test}: req/s vs qpxd HTTP/1.1 keep-alive (≥ 0.8×)",
+                   _ratio(q, h1, "rps"), 0.8)
     if "scaling" in sec:
         rows = sec["scaling"]
         out += ["## Scaling: workers and acceptor sockets (nothing pinned)", "",
@@ -246,7 +272,7 @@ def render(res: dict) -> str:
                    lower_is_better=True)
             target(f"RSS with {r['connections']:,} idle clients (≤ 250 MB)",
                    r["total_mb_with_conns"], 250, "{:.1f} MB", lower_is_better=True)
-    out += ["## Targets (issues 11 and 18)", "", "| target | measured | met |",
+    out += ["## Targets (issues 11, 18 and 20)", "", "| target | measured | met |",
             "|---|---|---|"]
     out += [f"| {what} | {value} | {'yes' if ok else ('**no**' if ok is False else '–')} |"
             for what, value, ok in targets]

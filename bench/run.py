@@ -31,8 +31,8 @@ from peers import (ROOT, HaproxyReverse, NginxOrigin, NginxReverse, ProxyPy, Qpx
                    Squid, Tinyproxy, cpu_seconds, free_port, rss_kb)
 
 LOAD_CPU, PROXY_CPU = 1, 0
-SECTIONS = ("engine", "forward", "browser", "connect", "get1m", "reverse", "tls", "scaling",
-            "spread", "rules", "memory")
+SECTIONS = ("engine", "forward", "browser", "connect", "get1m", "reverse", "tls", "h2",
+            "scaling", "spread", "rules", "memory")
 
 
 def units(text: str) -> float:
@@ -92,6 +92,22 @@ def full_handshakes(port: int, seconds: float, procs: int = 3,
         total += int(m.group(1)) if m else 0
     wall = time.monotonic() - t0
     return {"rps": total / wall, "p99_ms": 0.0, "errors": 0, "non2xx": 0, "mb_s": 0.0}
+
+
+def h2load(url: str, seconds: float, connections: int, streams: int,
+           cpu: int | None = LOAD_CPU) -> dict:
+    """HTTP/2 requests per second with h2load (``connections`` × ``streams``)."""
+    cmd = ["h2load", "-t1", f"-c{connections}", f"-m{streams}", "-D", f"{seconds:g}", url]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu)] + cmd
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    rps = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", r.stdout)
+    ok = re.search(r"(\d+) succeeded, (\d+) failed, (\d+) errored", r.stdout)
+    if rps is None or ok is None:
+        return {"rps": 0.0, "p99_ms": 0.0, "errors": -1, "non2xx": 0, "mb_s": 0.0,
+                "failed": (r.stdout + r.stderr)[-300:]}
+    return {"rps": float(rps.group(1)), "p99_ms": 0.0,
+            "errors": int(ok.group(2)) + int(ok.group(3)), "non2xx": 0, "mb_s": 0.0}
 
 
 def bulk(mode: str, origin: int, seconds: float, proxy: int | None = None) -> dict:
@@ -332,6 +348,47 @@ class Bench:
                     row[k] = summarize(row["runs"], k)
         return rows
 
+    def section_h2(self) -> list[dict]:
+        """HTTP/2 on the reverse edge (TLS, ALPN h2), one worker each, pinned: h2load with
+        1 connection x 100 streams and 50 connections x 10 streams against nginx's
+        HTTP/2 reverse proxy on the same upstream, and qpxd's own HTTP/1.1 keep-alive."""
+        from certs import make_cert
+
+        secs = self.args.seconds
+        o = self.origin.port
+        cert = make_cert(self.work / "certs-h2", "ecdsa")
+        rows = []
+        for conns, streams in ((1, 100), (50, 10)):
+            peers = [Qpxd(self.work, PROXY_CPU, mode="reverse", origin_port=o, tls=cert),
+                     NginxReverse(self.work, PROXY_CPU, o, tls=cert, http2=True)]
+
+            def once(p, conns=conns, streams=streams):
+                pids = p.pids()
+                c0 = cpu_seconds(pids)
+                r = h2load(f"https://127.0.0.1:{p.port}/100b", secs, conns, streams)
+                r["cpu_s"] = cpu_seconds(pids) - c0
+                r["req_per_cpu_s"] = r["rps"] * secs / max(r["cpu_s"], 1e-9)
+                return r
+            rows += [{**r, "test": f"h2 {conns}x{streams}"}
+                     for r in self.interleaved(peers, once)]
+        h1 = Qpxd(self.work, PROXY_CPU, mode="reverse", origin_port=o, tls=cert,
+                  label="qpxd http/1.1")
+
+        def once_h1(p):
+            pids = p.pids()
+            c0 = cpu_seconds(pids)
+            r = wrk(f"https://127.0.0.1:{p.port}/100b", secs, script=False)
+            r["cpu_s"] = cpu_seconds(pids) - c0
+            r["req_per_cpu_s"] = r["rps"] * secs / max(r["cpu_s"], 1e-9)
+            return r
+        rows += [{**r, "test": "http/1.1 keep-alive (wrk -c50)"}
+                 for r in self.interleaved([h1], once_h1)]
+        for row in rows:
+            if "runs" in row:
+                for k in ("rps", "req_per_cpu_s"):
+                    row[k] = summarize(row["runs"], k)
+        return rows
+
     def section_scaling(self) -> list[dict]:
         secs = self.args.seconds
         env = {"ORIGIN": f"127.0.0.1:{self.origin.port}", "OBJ": "/100b"}
@@ -407,6 +464,7 @@ class Bench:
                     ("get1m", lambda: self.section_bulk("get")),
                     ("reverse", self.section_reverse),
                     ("tls", self.section_tls),
+                    ("h2", self.section_h2),
                     ("scaling", self.section_scaling),
                     ("spread", self.section_spread),
                     ("rules", self.section_rules),
@@ -519,7 +577,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.quick:
         args.runs, args.seconds, args.idle_connections = 1, 2.0, 1000
-    missing = [t for t in ("wrk", "nginx", "squid", "tinyproxy", "haproxy", "taskset")
+    missing = [t for t in ("wrk", "nginx", "squid", "tinyproxy", "haproxy", "taskset",
+                           "h2load")
                if not shutil.which(t)]
     if missing:
         print(f"bench: missing {', '.join(missing)} (make bench installs them as root)",

@@ -179,22 +179,33 @@ class StreamConn:
             events = self.reader.feed(data)
         except ValueError as e:
             raise OSError(f"response for HTTP/2 stream: {e}") from None
-        for ev in events:
-            if ev[0] == "headers":
-                self.h2s.send_headers(self, ev[1], ev[2])
+        h2s = self.h2s
+        n = len(events)
+        for i, ev in enumerate(events):
+            kind = ev[0]
+            if kind == "headers":
+                h2s.send_headers(self, ev[1], ev[2])
                 self.started = True
                 self.finished = ev[2]
-            elif ev[0] == "data":
-                self.h2s.send_data(self, ev[1], timeout)
-            else:
-                self.h2s.end_stream(self)
+            elif kind == "data":
+                end = i + 1 < n and events[i + 1][0] == "end"
+                h2s.send_data(self, ev[1], timeout, end)
+                if end:
+                    self.finished = True
+            elif not self.finished:
+                h2s.end_stream(self)
                 self.finished = True
+        h2s.flush()  # one write for the whole piece: head, body and end together
 
     def shutdown_write(self) -> None:
         for ev in self.reader.finish():
             if ev[0] == "end" and not self.finished:
                 self.h2s.end_stream(self)
                 self.finished = True
+                try:
+                    self.h2s.flush()
+                except StreamGone:
+                    pass
 
     def close(self) -> None:
         if self.closed:
@@ -228,8 +239,13 @@ class H2Session:
         self.client = client
         self.serve_stream = serve_stream
         self.initial = initial
+        # Outbound fields come from qpxd's own HTTP/1.1 response writer and have passed
+        # the response parser: lower-cased and filtered in h2map, they skip h2's checks
+        # (a third of its cost per response).  Inbound fields are checked.
         config = H2Configuration(client_side=False, header_encoding=None,
-                                 validate_inbound_headers=True)
+                                 validate_inbound_headers=True,
+                                 validate_outbound_headers=False,
+                                 normalize_outbound_headers=False)
         self.h2 = H2Connection(config=config)
         self.h2.local_settings = Settings(client=False, initial_values={
             SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
@@ -259,13 +275,17 @@ class H2Session:
                     raise StreamGone("the client connection failed") from None
 
     def send_headers(self, stream: StreamConn, headers, end: bool) -> None:
+        """Queued; the caller flushes."""
         try:
             self.h2.send_headers(stream.sid, headers, end_stream=end)
         except H2Error as e:
             raise StreamGone(f"HTTP/2 stream {stream.sid}: {e}") from None
-        self.flush()
 
-    def send_data(self, stream: StreamConn, data: bytes, timeout: float) -> None:
+    def send_data(self, stream: StreamConn, data: bytes, timeout: float,
+                  end: bool = False) -> None:
+        """Within the flow-control windows (waiting for the client's WINDOW_UPDATE when
+        they are shut); the last frame carries END_STREAM when ``end``.  Queued; whole
+        windows are flushed as they fill."""
         view = memoryview(data)
         while view:
             if stream.reset or self.dead:
@@ -277,20 +297,22 @@ class H2Session:
                 raise StreamGone(f"HTTP/2 stream {stream.sid}: {e}") from None
             if window <= 0:
                 # A slow reader: wait for its WINDOW_UPDATE (nothing more is buffered)
+                self.flush()
                 stream.writable.clear()
                 if not stream.writable.wait(timeout or self.services.send_timeout):
                     raise DeadlineExceeded()
                 continue
             piece, view = view[:window], view[window:]
-            self.h2.send_data(stream.sid, bytes(piece))
-            self.flush()
+            self.h2.send_data(stream.sid, bytes(piece), end_stream=end and not view)
+            if len(piece) >= 65536:
+                self.flush()
 
     def end_stream(self, stream: StreamConn) -> None:
+        """Queued; the caller flushes."""
         try:
             self.h2.end_stream(stream.sid)
         except H2Error:
             return
-        self.flush()
 
     def reset_stream(self, stream: StreamConn, code) -> None:
         try:

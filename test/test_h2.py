@@ -315,3 +315,22 @@ def test_graceful_stop_sends_goaway_and_open_streams_finish(qpxd, ca, origin):
     out, err = slow.communicate(timeout=20)
     assert "GET /slow?s=2 HTTP/1.1" in out and out.endswith("200 2"), (out, err)
     assert d.proc.wait(20) == 0
+
+
+@pytest.mark.parametrize("field", [(b"connection", b"keep-alive"), (b"te", b"gzip"),
+                                   (b"transfer-encoding", b"chunked"),
+                                   (b"upgrade", b"websocket")])
+def test_connection_specific_fields_are_refused(qpxd, ca, origin, field):
+    """RFC 9113 §8.2.2: a request with a connection-specific field is malformed; it never
+    reaches the pipeline or the upstream."""
+    o = origin()
+    site = ca.issue("site", "site.test")
+    port = free_port()
+    qpxd(tls_reverse_to(port, site, o))
+    c = Client(port, ca)
+    c.h2.config.validate_outbound_headers = False  # let the bad field out
+    c.h2.config.normalize_outbound_headers = False
+    s = c.get("/x", [field])
+    res = c.run({s}, timeout=10)
+    assert res[s]["status"] in (None, 400), res
+    assert not o.requests

@@ -35,6 +35,7 @@ from . import log, sdnotify
 from .affinity import cpu_plan
 from .config import ConfigError, load_config
 from .config.model import Config
+from .inspection import ensure_ca
 from .listeners import BindError, SocketRegistry, raise_nofile
 from .pidfile import PidFile, PidFileBusy
 from .policy import Policy, compile_config
@@ -500,7 +501,10 @@ class Arbiter(UpgradeSignals):
             try:
                 cfg, warnings = load_config(self.files)
                 policy = compile_config(cfg)
-            except ConfigError as e:
+                ensure_ca(policy)  # a reload may turn TLS inspection on
+            except (ConfigError, OSError, ValueError) as e:
+                if not isinstance(e, ConfigError):
+                    e = ConfigError([f"TLS inspection CA: {e}"])
                 for issue in e.issues:
                     log.log(logging.ERROR, f"config error: {issue}")
                 log.log(logging.ERROR, "reload aborted: the configuration is invalid; still "

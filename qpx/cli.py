@@ -12,7 +12,7 @@ import sys
 
 from . import __version__
 
-COMMANDS = ("run", "check", "match", "version")
+COMMANDS = ("run", "check", "match", "version", "gen-ca")
 DEFAULT_CONFIG = "/etc/qpx/qpx.yaml"
 CONFIG_HELP = ("configuration file (repeat to merge several, later wins; default "
                f"{DEFAULT_CONFIG})")
@@ -23,6 +23,7 @@ examples:
   qpxd check -c base.yaml -c site.yaml   validate; files merge in order, later wins
   qpxd -t -c qpx.yaml                    the same as check (nginx's -t)
   qpxd -v                                the version (also --version, qpxd version)
+  qpxd gen-ca -d /var/lib/qpxd           make the TLS inspection CA (ca.crt, ca.key)
   qpxd match -c qpx.yaml --listener forward --src-ip 10.1.2.3 --host ads.example.com
   kill -HUP $(cat /run/qpxd/qpxd.pid)   reload with zero failed connections
   kill -USR2 $(cat /run/qpxd/qpxd.pid)  upgrade to the installed qpxd, same sockets
@@ -70,8 +71,45 @@ def _parser() -> argparse.ArgumentParser:
     match.add_argument("--header", action="append", default=[], metavar="'Name: value'",
                        help="a request header (repeatable)")
 
+    gen = sub.add_parser(
+        "gen-ca", help="make the TLS inspection CA",
+        description="Write ca.crt and ca.key (mode 0600) into DIR: ECDSA P-256, ten "
+                    "years. qpxd run makes one in state_dir when none exists; this makes "
+                    "it ahead of time, so clients can be told to trust it first.")
+    gen.add_argument("-d", "--dir", required=True, metavar="DIR",
+                     help="the directory (state_dir, or tls_inspection.ca)")
+    gen.add_argument("--force", action="store_true", help="replace an existing CA")
+
     sub.add_parser("version", help="print the version")
     return p
+
+
+TRUST_HELP = """Trust it on the clients that go through the inspecting listener:
+  Debian/Ubuntu:  cp {cert} /usr/local/share/ca-certificates/qpxd-ca.crt
+                  && update-ca-certificates
+  Firefox:        Settings > Privacy & Security > Certificates > View Certificates >
+                  Authorities > Import {cert}
+  Chromium (NSS): certutil -d sql:$HOME/.pki/nssdb -A -t C,, -n qpxd-ca -i {cert}
+  curl:           curl --cacert {cert} -x http://PROXY:PORT https://example.com/
+  Python:         requests.get(url, proxies=..., verify="{cert}")
+Keep {key} private (mode 0600): it signs certificates for any site."""
+
+
+def cmd_gen_ca(args) -> int:
+    from .ca import CaError, generate
+
+    try:
+        cert, key = generate(args.dir, force=args.force)
+    except CaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: cannot write the CA into {args.dir}: {e.strerror or e}",
+              file=sys.stderr)
+        return 1
+    print(f"wrote {cert} and {key}")
+    print(TRUST_HELP.format(cert=cert, key=key))
+    return 0
 
 
 def _load(files: list[str]):
@@ -124,6 +162,16 @@ def cmd_run(args) -> int:
     cfg, policy = _load(args.config)
     if cfg is None:
         return 1
+    from .ca import CaError
+    from .inspection import ensure_ca
+
+    try:
+        for cert in ensure_ca(policy):
+            print(f"warning: generated the TLS inspection CA {cert}: the clients of the "
+                  "inspecting listeners must trust it (qpxd gen-ca --help)", file=sys.stderr)
+    except (CaError, OSError) as e:
+        print(f"error: cannot make the TLS inspection CA: {e}", file=sys.stderr)
+        return 1
     return Arbiter(args.config, cfg, policy, pidfile=args.pid).run()
 
 
@@ -145,9 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(f"qpxd {__version__}")
         return 0
-    if not args.config:
+    if args.command != "gen-ca" and not args.config:
         args.config = [DEFAULT_CONFIG]
-    handler = {"run": cmd_run, "check": cmd_check, "match": cmd_match}[args.command]
+    handler = {"run": cmd_run, "check": cmd_check, "match": cmd_match,
+               "gen-ca": cmd_gen_ca}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

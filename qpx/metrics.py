@@ -126,6 +126,12 @@ class WorkerMetrics:
         self._tls_upstream = Counter(f"{p}_upstream_tls_verify_failures_total",
                                      "Upstream certificates that failed verification",
                                      ["listener"])
+        self._inspected = Counter(f"{p}_inspected_tunnels_total",
+                                  "CONNECT tunnels decrypted by TLS inspection", ["listener"])
+        self._leaves = Counter(f"{p}_inspection_leaf_certificates_total",
+                               "Leaf certificates served, by where they came from "
+                               "(generated, disk cache, memory cache)",
+                               ["listener", "source"])
         self._log_dropped = log_dropped_counter(p)
         self.process = ProcessGauges(p, self.worker)
         self._counts: dict[tuple, _Count] = {}
@@ -192,6 +198,12 @@ class WorkerMetrics:
 
     def tls_handshake(self, listener: str, outcome: str, resumed: bool = False) -> None:
         self._c(self._tls, (listener, outcome, "yes" if resumed else "no")).n += 1
+
+    def inspected(self, listener: str) -> None:
+        self._c(self._inspected, (listener,)).n += 1
+
+    def leaf(self, listener: str, source: str) -> None:
+        self._c(self._leaves, (listener, source)).n += 1
 
     def upstream_tls_failure(self, listener: str) -> None:
         self._c(self._tls_upstream, (listener,)).n += 1

@@ -210,6 +210,11 @@ class ListenerPolicy:
         self.trusted = TrustSet(lst.xdp.trusted_peers) if lst.xdp.enabled else None
         self.filter = Filter(lst.connection_filter) if lst.connection_filter else None
         self.connect_ports = frozenset(lst.connect_ports)
+        self.inspection = None
+        if lst.inspection is not None:
+            from .inspection import InspectionPlan
+
+            self.inspection = InspectionPlan(lst.inspection)
 
     @staticmethod
     def _action(cfg: m.Config, a: m.Action, lst: m.Listener) -> ActionPlan:

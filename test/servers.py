@@ -324,3 +324,21 @@ class TlsOrigin(_Server):
                         return
         except (OSError, ssl.SSLError):
             pass
+
+
+class TlsEchoOrigin(Origin):
+    """:class:`Origin` over TLS: the same answers (they name the request line and a few
+    request headers), the same recording."""
+
+    def __init__(self, cert: Path, key: Path, name: str = "tls"):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert, key)
+        super().__init__(name)
+
+    def _serve(self, conn: socket.socket, peer) -> None:
+        try:
+            tls = self.ctx.wrap_socket(conn, server_side=True)
+        except (OSError, ssl.SSLError):
+            conn.close()
+            return
+        super()._serve(tls, peer)

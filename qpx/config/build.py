@@ -225,8 +225,6 @@ class Builder(TlsBlocks):
         kind = raw["type"]
         up = raw.get("upstream")
         lr = self.local_response(raw.get("local_response"), path + ("local_response",))
-        if kind == "inspect":
-            self.err(path + ("type",), f"action 'inspect' (TLS inspection): {UNSUPPORTED}")
         if kind == "respond" and lr is None:
             self.err(path, "action type respond requires local_response")
         if kind in ("respond", "direct", "block") and up is not None:
@@ -289,7 +287,7 @@ class Builder(TlsBlocks):
         )
 
     def listener(self, raw: dict, path: tuple, upstreams: dict, users: tuple) -> m.Listener:
-        for key in ("tls_inspection", "http3", "ftp", "cache"):
+        for key in ("http3", "ftp", "cache"):
             block = raw.get(key) or {}
             if block.get("enabled", False):
                 self.err(path + (key, "enabled"), UNSUPPORTED)
@@ -319,6 +317,7 @@ class Builder(TlsBlocks):
             allow_local_destinations=raw.get("allow_local_destinations", False),
             underscores_in_headers=raw.get("underscores_in_headers", False),
             max_request_body_bytes=raw.get("max_request_body_bytes"),
+            inspection=self.inspection(raw, rules, default, path),
         )
 
     # ------------------------------------------------------------------ reverse
@@ -531,6 +530,7 @@ class Builder(TlsBlocks):
             addrs.setdefault(key, path)
 
     def build(self, data: dict) -> m.Config:
+        self.state_dir = os.path.expanduser(data.get("state_dir") or ".qpx")
         if data["version"] != 1:
             self.err(("version",), f"unsupported config version {data['version']} "
                                    "(expected 1)")

@@ -152,6 +152,16 @@ class Xdp:
 
 
 @dataclass(frozen=True, slots=True)
+class Inspection:
+    """``tls_inspection`` of a listener: the CA directory (``ca``, else ``state_dir``)
+    holding ca.crt and ca.key, and how origins are verified."""
+
+    ca_dir: str
+    verify_upstream: bool = True
+    verify_exceptions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Listener:
     name: str
     mode: str  # "forward" | "transparent"
@@ -168,6 +178,7 @@ class Listener:
     # ours: header names with "_" are refused unless allowed (CGI/WSGI read them as "-")
     underscores_in_headers: bool = False
     max_request_body_bytes: int | None = None  # None: runtime.max_request_body_bytes
+    inspection: Inspection | None = None
 
 
 @dataclass(frozen=True, slots=True)

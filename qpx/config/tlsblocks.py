@@ -137,3 +137,61 @@ class TlsBlocks:
             lb="least_conn" if lb == "least_connections" else lb,
             retry=m.Retry(**raw["retry"]) if raw.get("retry") is not None else None,
             timeout_ms=raw.get("timeout_ms", 30000), health_check=hc)
+
+    def inspection(self, raw: dict, rules, default, path: tuple) -> m.Inspection | None:
+        """``tls_inspection``: the CA directory is checked as ``run`` would use it (an
+        existing CA must load: matching key, mode 0600; a missing one is made by ``run``
+        in a writable directory, with a warning here); ``inspect`` actions need it."""
+        import os
+
+        ti = raw.get("tls_inspection") or {}
+        enabled = ti.get("enabled", False)
+        users = [(("rules", i, "action"), r.action) for i, r in enumerate(rules)
+                 if r.action is not None and r.action.type == "inspect"]
+        if default.type == "inspect":
+            users.append((("default_action",), default))
+        if not enabled:
+            for p, _ in users:
+                self.err(path + p + ("type",), "action inspect needs "
+                                               "tls_inspection.enabled on this listener")
+            return None
+        if raw["mode"] == "transparent":
+            self.err(path + ("tls_inspection", "enabled"),
+                     "TLS inspection on transparent listeners: not supported by this build "
+                     "(forward listeners inspect CONNECT)")
+            return None
+        ca = ti.get("ca")
+        if isinstance(ca, dict):
+            self.err(path + ("tls_inspection", "ca"),
+                     "expected the directory that holds ca.crt and ca.key")
+            return None
+        ca_dir = os.path.expanduser(ca) if ca else self.state_dir
+        exceptions = tuple(ti.get("verify_exceptions") or ())
+        from ..rules.validate import validate_match
+
+        for rel, message in validate_match(m.MatchSpec(host=exceptions)):
+            self.err(path + ("tls_inspection", "verify_exceptions",
+                             int(rel.split(".")[1])), message)
+        self.check_ca_dir(ca_dir, path + ("tls_inspection", "ca" if ca else "enabled"))
+        return m.Inspection(ca_dir, ti.get("verify_upstream", True), exceptions)
+
+    def check_ca_dir(self, ca_dir: str, path: tuple) -> None:
+        import os
+
+        from .. import ca as calib
+
+        if calib.exists(ca_dir):
+            try:
+                calib.load(ca_dir)
+            except calib.CaError as e:
+                self.err(path, str(e))
+            return
+        parent = ca_dir
+        while parent and not os.path.exists(parent):
+            parent = os.path.dirname(parent.rstrip("/")) or "."
+        if not os.access(parent or ".", os.W_OK | os.X_OK):
+            self.err(path, f"no CA in {ca_dir} and {parent} is not writable: run cannot "
+                           f"make one (qpxd gen-ca -d DIR, or another state_dir)")
+            return
+        self.warn(path, f"no TLS inspection CA in {ca_dir} yet: run will generate one "
+                        f"there (qpxd gen-ca -d {ca_dir} makes it ahead of time)")

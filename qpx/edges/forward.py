@@ -133,6 +133,10 @@ class ForwardEdge(HttpEdge):
         ports = self.lp.connect_ports
         if ports and req.port not in ports:
             raise HttpError(403, f"CONNECT to port {req.port} is not allowed", "forbidden")
+        if action.type == "inspect":
+            from .inspect import intercept
+
+            return intercept(self, self.lp, session, req, decision, started, self.guard)
         deadline = monotonic() + services.upstream_timeout
         if action.via is not None:
             target = Target(action.via.host, action.via.port, via_proxy=True, guard=False,

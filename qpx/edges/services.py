@@ -80,3 +80,11 @@ class Services:
 
             self._origin_tls = client_context()
         return self._origin_tls
+
+    @staticmethod
+    def threadpool_apply(fn, *args):
+        """``fn(*args)`` on the hub's thread pool (CPU or disk work that must not hold
+        up the other connections of this worker)."""
+        import gevent
+
+        return gevent.get_hub().threadpool.apply(fn, args)

@@ -77,17 +77,21 @@ def is_own_listener(own: set[tuple[str, int]] | frozenset, ip: str, port: int) -
 class Target:
     """Where a request goes: the endpoint to dial and the pool key it shares."""
 
-    __slots__ = ("host", "port", "key", "guard", "label", "tls")
+    __slots__ = ("host", "port", "key", "guard", "label", "tls", "sni")
 
-    def __init__(self, host: str, port: int, via_proxy: bool, guard: bool, tls=None):
+    def __init__(self, host: str, port: int, via_proxy: bool, guard: bool, tls=None,
+                 sni: str | None = None):
         self.host, self.port = host, port
         # The guard is part of the key: a connection dialed for a listener that allows
         # local destinations must never be lent to one that refuses them.  So is the
         # TLS context: a plain connection is never lent for an https:// one.
         self.key = ("proxy", host, port, tls) if via_proxy else (host, port, guard, tls)
+        if sni is not None:  # a name that is not the host: a connection serves only it
+            self.key += (sni,)
         self.guard = guard  # refuse local destinations (SSRF guard)
         self.label = hostport(host, port)
         self.tls = tls  # ssl.SSLContext of an https:// upstream, else None
+        self.sni = sni or host  # the TLS server name (a transparent flow's may differ)
 
 
 class TargetCache:

@@ -62,7 +62,8 @@ REFUSED = {
 }
 # TLS inspection: accepted, with the original's warning that run will make the CA
 INSPECTING = ["usecases/02-secure-egress/forward-firewall-style-policy.yaml",
-              "usecases/02-secure-egress/forward-tls-inspection-selective.yaml"]
+              "usecases/02-secure-egress/forward-tls-inspection-selective.yaml",
+              "usecases/11-transparent-intercept/transparent-mitm-selective.yaml"]
 TLS_SAMPLES = ["usecases/03-service-publishing/reverse-tls-termination.yaml",
                "usecases/03-service-publishing/reverse-tls-passthrough-sni.yaml",
                "usecases/03-service-publishing/reverse-http2-tls.yaml"]
@@ -107,15 +108,6 @@ def test_compat_inspection_samples_pass_and_warn_that_run_makes_the_ca(rel, tmp_
                        text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert "run will generate one there" in r.stderr and "qpxd gen-ca -d " in r.stderr
-
-
-@needs_compat
-def test_compat_transparent_inspection_is_refused_by_name():
-    r = run("check", "-c", str(COMPAT / "usecases/11-transparent-intercept/"
-                                         "transparent-mitm-selective.yaml"))
-    assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert "listeners.0.tls_inspection.enabled: TLS inspection on transparent listeners: " \
-           "not supported by this build" in r.stderr
 
 
 @needs_compat

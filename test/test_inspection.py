@@ -204,3 +204,49 @@ def test_check_names_bad_cas_and_unusable_state_dirs(tmp_path):
         "writable: run cannot make one (qpxd gen-ca -d DIR, or another state_dir)",
         "listeners.4.default_action.type: action inspect needs tls_inspection.enabled on "
         "this listener"]), r.stderr
+
+
+def test_transparent_tls_flow_inspected_by_sni(qpxd, origin_ca, tmp_path):
+    """A transparent listener behind an L4 frontend (the PROXY header names the original
+    destination): a TLS flow whose SNI the rules inspect is decrypted, and a path rule
+    decides inside it; another SNI is relayed untouched (the origin's own certificate)."""
+    import ssl
+
+    o = TlsEchoOrigin(*vars(origin_ca.issue("o", "localhost", "pass.test")).values())
+    port = free_port()
+    state = tmp_path / "state"
+    d = qpxd({"state_dir": str(state), "listeners": [{
+        "name": "tp", "mode": "transparent", "listen": f"127.0.0.1:{port}",
+        "allow_local_destinations": True,
+        "xdp": {"enabled": True, "metadata_mode": "proxy-v1",
+                "trusted_peers": ["127.0.0.1/32"]},
+        "tls_inspection": {"enabled": True},
+        "default_action": {"type": "tunnel"},
+        "rules": [
+            {"name": "deny-admin", "match": {"sni": ["localhost"], "path": ["/admin*"]},
+             "action": {"type": "block"}},
+            {"name": "inspect", "match": {"sni": ["localhost"]},
+             "action": {"type": "inspect"}}]}]},
+        env={"SSL_CERT_FILE": str(origin_ca.path)})
+
+    def fetch(sni: str, path: str, trust) -> tuple[str, bytes]:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        raw.sendall(b"PROXY TCP4 127.0.0.1 127.0.0.1 40000 %d\r\n" % o.port)
+        ctx = ssl.create_default_context(cafile=str(trust))
+        with ctx.wrap_socket(raw, server_hostname=sni) as s:
+            issuer = dict(x[0] for x in s.getpeercert()["issuer"])["commonName"]
+            s.sendall(b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+                      % (path.encode(), sni.encode()))
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        return issuer, data
+
+    issuer, data = fetch("localhost", "/inside", state / "ca.crt")
+    assert issuer == "qpxd inspection CA" and b"GET /inside HTTP/1.1" in data, data
+    issuer, data = fetch("localhost", "/admin/x", state / "ca.crt")
+    assert data.startswith(b"HTTP/1.1 403"), data
+    issuer, data = fetch("pass.test", "/untouched", origin_ca.path)
+    assert issuer == "qpx test CA" and b"GET /untouched HTTP/1.1" in data
+    assert not any(b"/admin" in h for h, _ in o.requests)
+    d.wait_log("qpxd ready")

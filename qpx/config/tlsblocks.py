@@ -155,11 +155,6 @@ class TlsBlocks:
                 self.err(path + p + ("type",), "action inspect needs "
                                                "tls_inspection.enabled on this listener")
             return None
-        if raw["mode"] == "transparent":
-            self.err(path + ("tls_inspection", "enabled"),
-                     "TLS inspection on transparent listeners: not supported by this build "
-                     "(forward listeners inspect CONNECT)")
-            return None
         ca = ti.get("ca")
         if isinstance(ca, dict):
             self.err(path + ("tls_inspection", "ca"),

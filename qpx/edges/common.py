@@ -24,6 +24,7 @@ from ..http.request import Request
 from ..http.response import ResponseHeadParser
 from ..netio import Conn, DeadlineExceeded
 from ..policy import LocalReply
+from ..tlssniff import MAX_HELLO, ClientHelloSniffer, NotTls
 from .prologue import Client, closed_before_http, prologue
 from .services import Services
 from .session import TEXT_PLAIN, ClientGone, ClientSession
@@ -46,6 +47,7 @@ class HttpEdge:
         self.trusted = trusted
         self.filter = filt
         self.tls = None  # a tlsctx.ServerTls on TLS listeners
+        self.exact_prologue = False  # read nothing past a PROXY header (TLS, inspection)
 
     def handle(self, sock, address) -> None:
         services = self.services
@@ -54,7 +56,7 @@ class HttpEdge:
             client = Client(address, sock.getsockname())
             tls = self.tls
             initial = prologue(conn, client, services, self.name, self.xdp, self.trusted,
-                               self.filter, tls is not None)
+                               self.filter, tls is not None or self.exact_prologue)
             if initial is not None and (tls is None or self.terminate(conn, client)):
                 if tls is not None and conn.sock.selected_alpn_protocol() == "h2":
                     self.serve_h2(conn, client, b"")
@@ -219,6 +221,41 @@ def tls_failure(conn: Conn, e) -> tuple[str, str]:
 
 
 # --------------------------------------------------------------------------- preambles
+
+
+def peek_hello(conn: Conn, timeout: float):
+    """The ClientHello (a :class:`~qpx.tlssniff.Hello`) read with ``MSG_PEEK`` within
+    ``timeout``, the bytes left in the socket; or a string saying why not.  A hello
+    split over several segments is polled every 5 ms (a peek leaves the socket readable,
+    so waiting on it would spin)."""
+    import gevent
+
+    deadline = monotonic() + timeout
+    conn.deadline = deadline
+    seen = 0
+    try:
+        while True:
+            data = conn.peek(MAX_HELLO + 1024)
+            if not data:
+                return "closed before the ClientHello was complete"
+            if len(data) > seen:
+                seen = len(data)
+                hello = ClientHelloSniffer().feed(data)
+                if hello is not None:
+                    return hello
+            if monotonic() >= deadline:
+                raise DeadlineExceeded()
+            gevent.sleep(0.005)
+    except NotTls as e:
+        return f"not a TLS ClientHello: {e}"
+    except DeadlineExceeded:
+        return "ClientHello not complete before the peek deadline"
+    except OSError as e:
+        return f"reading the ClientHello: {e.strerror or e}"
+    finally:
+        conn.deadline = 0.0
+
+
 
 
 def refuse_trace_and_loops(req: Request, services: Services) -> None:

@@ -120,7 +120,7 @@ def _upstream_tls(services: Services, listener: str, target: Target, conn: Conn,
 
     label = target.label
     try:
-        wrap(conn, target.tls, False, target.host,
+        wrap(conn, target.tls, False, target.sni,
              services.pool.tls_session(target.key))
         handshake(conn, deadline)
         return

@@ -35,22 +35,28 @@ from .session import ClientSession
 monotonic = time.monotonic
 
 
-def intercept(edge: HttpEdge, lp: ListenerPolicy, session: ClientSession, req: Request,
-              decision, started: float, guard: bool) -> bool:
+def open_origin(edge: HttpEdge, lp: ListenerPolicy, host: str, port: int, guard: bool,
+                server_name: str | None = None) -> tuple[Target, object]:
+    """Connect to the origin and complete TLS with it, verified unless excepted.
+    Raises UpstreamError (502/504, the reason said) or HttpError (guards)."""
     services = edge.services
     plan = lp.inspection
     if plan is None or plan.leaves is None:
         raise HttpError(502, "TLS inspection has no CA", "proxy_error")
-    if session.buf:
-        raise HttpError(400, "TLS bytes arrived before the CONNECT answer", "bad_request")
-    host, port = req.host.lower(), req.port
-    target = Target(host, port, via_proxy=False, guard=guard, tls=plan.origin_context(host))
-    up = dial(services, edge.name, target, monotonic() + services.upstream_timeout)
+    name = server_name or host
+    target = Target(host, port, via_proxy=False, guard=guard, tls=plan.origin_context(name),
+                    sni=server_name if server_name and server_name != host else None)
+    return target, dial(services, edge.name, target, monotonic() + services.upstream_timeout)
+
+
+def serve_decrypted(edge: HttpEdge, lp: ListenerPolicy, session: ClientSession, name: str,
+                    port: int, target: Target, up, log_line, authorization=None) -> bool:
+    """TLS with the client (a leaf for ``name``), then its requests through the rules;
+    ``log_line(reason)`` writes the flow's own access log line."""
+    services = edge.services
     metrics = services.metrics
     try:
-        session.conn.sendall(writer.connect_established(services.policy.via))
-        session.end_after_this()
-        ctx, kind = services.threadpool_apply(plan.leaves.context, host)
+        ctx, kind = services.threadpool_apply(lp.inspection.leaves.context, name)
         if metrics is not None:
             metrics.leaf(edge.name, kind)
         conn = session.conn
@@ -58,21 +64,40 @@ def intercept(edge: HttpEdge, lp: ListenerPolicy, session: ClientSession, req: R
             wrap(conn, ctx, True)
             handshake(conn, monotonic() + services.tls_handshake_timeout)
         except (ssl.SSLError, OSError, DeadlineExceeded) as e:
-            why = client_refusal(e)
-            session.log_request(req, 200, started, decision.rule, "inspect",
-                                upstream=target.label, reason=why)
+            log_line(client_refusal(e))
+            up.close()
             return False
     except BaseException:
         up.close()
         raise
     services.pool.put(target.key, up)  # the first decrypted request takes it
-    session.log_request(req, 200, started, decision.rule, "inspect", upstream=target.label)
+    log_line(None)
     if metrics is not None:
         metrics.inspected(edge.name)
-    inner = InspectedEdge(edge, lp, host, port, target,
-                          req.get(b"proxy-authorization") if lp.needs_auth else None)
+    inner = InspectedEdge(edge, lp, name, port, target, authorization)
     inner.serve(ClientSession(conn, services, session.client, edge.name, b"", edge.limits))
     return False
+
+
+def intercept(edge: HttpEdge, lp: ListenerPolicy, session: ClientSession, req: Request,
+              decision, started: float, guard: bool) -> bool:
+    """A CONNECT whose rule says ``inspect``."""
+    if session.buf:
+        raise HttpError(400, "TLS bytes arrived before the CONNECT answer", "bad_request")
+    host = req.host.lower()
+    target, up = open_origin(edge, lp, host, req.port, guard)
+    try:
+        session.conn.sendall(writer.connect_established(edge.services.policy.via))
+    except BaseException:
+        up.close()
+        raise
+    session.end_after_this()
+
+    def log_line(reason):
+        session.log_request(req, 200, started, decision.rule, "inspect",
+                            upstream=target.label, reason=reason)
+    return serve_decrypted(edge, lp, session, host, req.port, target, up, log_line,
+                           req.get(b"proxy-authorization") if lp.needs_auth else None)
 
 
 def client_refusal(e: BaseException) -> str:

@@ -36,12 +36,12 @@ from ..netio import Conn, DeadlineExceeded
 from ..policy import CompiledRoute, ReversePolicy
 from ..relay import tunnel
 from ..rules import MatchContext
-from ..tlssniff import MAX_HELLO, ClientHelloSniffer, NotTls
 from .common import (
     ALLOW_REVERSE,
     HttpEdge,
     answer_local,
     answer_max_forwards,
+    peek_hello,
     refuse_trace_and_loops,
 )
 from .exchange import UpstreamExchange, dial
@@ -70,39 +70,6 @@ def rewrite_path(route: CompiledRoute, target: str) -> str:
 
 
 PASSTHROUGH_ONLY = object()  # a TLS port without certificates of its own
-
-
-def peek_hello(conn: Conn, timeout: float):
-    """The ClientHello (a :class:`~qpx.tlssniff.Hello`) read with ``MSG_PEEK`` within
-    ``timeout``, the bytes left in the socket; or a string saying why not.  A hello
-    split over several segments is polled every 5 ms (a peek leaves the socket readable,
-    so waiting on it would spin)."""
-    import gevent
-
-    deadline = monotonic() + timeout
-    conn.deadline = deadline
-    seen = 0
-    try:
-        while True:
-            data = conn.peek(MAX_HELLO + 1024)
-            if not data:
-                return "closed before the ClientHello was complete"
-            if len(data) > seen:
-                seen = len(data)
-                hello = ClientHelloSniffer().feed(data)
-                if hello is not None:
-                    return hello
-            if monotonic() >= deadline:
-                raise DeadlineExceeded()
-            gevent.sleep(0.005)
-    except NotTls as e:
-        return f"not a TLS ClientHello: {e}"
-    except DeadlineExceeded:
-        return "ClientHello not complete before the peek deadline"
-    except OSError as e:
-        return f"reading the ClientHello: {e.strerror or e}"
-    finally:
-        conn.deadline = 0.0
 
 
 class ReverseEdge(HttpEdge):

@@ -32,7 +32,7 @@ import time
 
 from .. import log
 from ..http import writer
-from ..http.errors import HttpError
+from ..http.errors import HttpError, UpstreamError
 from ..http.h2map import looks_like_preface
 from ..http.request import Request
 from ..netio import Conn, DeadlineExceeded
@@ -41,7 +41,14 @@ from ..relay import tunnel
 from ..rules import MatchContext
 from ..tlssniff import ClientHelloSniffer, NotTls
 from ..upstream import Target
-from .common import HttpEdge, answer_blocked, answer_local, connect_via, refuse_trace_and_loops
+from .common import (
+    HttpEdge,
+    answer_blocked,
+    answer_local,
+    connect_via,
+    peek_hello,
+    refuse_trace_and_loops,
+)
 from .exchange import UpstreamExchange, dial
 from .services import Services
 from .session import ClientSession
@@ -78,6 +85,8 @@ class TransparentEdge(HttpEdge):
                          lp.limits)
         self.lp = lp
         self.guard = not lp.model.allow_local_destinations
+        # inspecting: the ClientHello must stay in the socket for our own TLS server
+        self.exact_prologue = lp.inspection is not None
 
     # ------------------------------------------------------------------ connection
 
@@ -86,7 +95,15 @@ class TransparentEdge(HttpEdge):
         conn = session.conn
         target = session.client.proxy_dst or original_destination(conn.sock)
         session.target = target
-        data = self._sniff(conn, session.buf)
+        if self.exact_prologue and not session.buf:
+            data = self._peek_first(conn)
+            if data[:1] == b"\x16":
+                self._tls_peeked(session, target)
+                return
+            if data:
+                data = conn.recv()  # HTTP or h2c: take the bytes
+        else:
+            data = self._sniff(conn, session.buf)
         if not data:
             self._raw(session, target)
         elif data[0] == 0x16:
@@ -108,6 +125,51 @@ class TransparentEdge(HttpEdge):
             data = b""
         conn.deadline = 0.0
         return data
+
+    def _peek_first(self, conn: Conn) -> bytes:
+        conn.deadline = monotonic() + self.services.peek_timeout
+        try:
+            return conn.peek()
+        except DeadlineExceeded:
+            return b""
+        finally:
+            conn.deadline = 0.0
+
+    def _tls_peeked(self, session: ClientSession, target) -> None:
+        """A TLS flow on an inspecting listener: the ClientHello is peeked (left in the
+        socket), so the rule may relay it untouched or inspect it."""
+        started = monotonic()
+        hello = peek_hello(session.conn, self.services.peek_timeout)
+        if isinstance(hello, str):
+            self._refuse(session, started, hello)
+            return
+        sni = hello.sni
+        if target is None and sni is None:
+            self._refuse(session, started, "TLS without SNI and no original destination")
+            return
+        host, port = target if target is not None else (sni, 443)
+        decision = self._decide(session, port, sni or host, sni)
+        kind = decision.action.type
+        if kind == "inspect" and not decision.challenge:
+            from .inspect import open_origin, serve_decrypted
+
+            try:
+                tgt, up = open_origin(self, self.lp, host, port, self.guard, sni)
+            except (HttpError, UpstreamError) as e:
+                self._refuse(session, started, f"inspect: {e}", decision.rule)
+                return
+
+            def log_line(reason):
+                session.log_request(None, 200, started, decision.rule, "inspect",
+                                    upstream=tgt.label, reason=reason)
+            serve_decrypted(self, self.lp, session, sni or host, port, tgt, up, log_line)
+            return
+        if kind not in ("direct", "tunnel", "proxy") or decision.challenge:
+            self._refuse(session, started, f"TLS to {sni or host}:{port} refused by "
+                                           f"{decision.rule or 'the default action'}",
+                         decision.rule)
+            return
+        self._relay(session, decision, host, port, b"", started, "tls")
 
     def _decide(self, session: ClientSession, port: int, host: str | None, sni: str | None):
         ctx = MatchContext(src_ip=session.client.key, dst_port=port, host=host, sni=sni)

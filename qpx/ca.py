@@ -254,6 +254,6 @@ def _server_context(pem_path: str) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
     ctx.set_ciphers(TLS12_CIPHERS)
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
     ctx.load_cert_chain(pem_path)
     return ctx

@@ -91,6 +91,10 @@ def test_inspected_https_with_curl_and_requests(qpxd, origin_ca, tmp_path):
     assert r.stdout.endswith(" 403") and "blocked" in r.stdout
     r = subprocess.run(base + [f"{url}/tagged"], capture_output=True, text=True)
     assert "x-test: inspected" in r.stdout
+    # a client that offers HTTP/2 gets it inside the tunnel (ALPN on the leaf)
+    r = subprocess.run(base + ["--http2", "-w", " %{http_version}", f"{url}/h2-inside"],
+                       capture_output=True, text=True)
+    assert "GET /h2-inside HTTP/1.1" in r.stdout and r.stdout.endswith(" 2"), r.stdout
     assert not any(b"/admin" in h for h, _ in o.requests)
     # Python requests, verify= the inspection CA
     resp = requests.get(f"{url}/via-requests", verify=str(ca), timeout=20,

@@ -7,8 +7,9 @@ Order (the origin's certificate problems are never hidden, never trusted silentl
    CONNECT with 502 and the reason in the access log;
 2. answer ``200 Connection Established``;
 3. terminate the client's TLS with a leaf certificate for the CONNECT host, signed by the
-   inspection CA (cached, or made on the hub's thread pool: other connections go on);
-   a client that refuses it (it does not trust the CA) is logged as such;
+   inspection CA (cached, or made on the hub's thread pool: other connections go on),
+   offering ``h2`` and ``http/1.1`` by ALPN; a client that refuses it (it does not trust
+   the CA) is logged as such;
 4. serve the decrypted HTTP/1.1 requests through the listener's rules — ``host``, ``sni``
    are the CONNECT host, ``path``, ``method`` and ``headers`` the request's — so
    ``block``, ``respond`` and header control work inside HTTPS; everything else goes to
@@ -75,7 +76,11 @@ def serve_decrypted(edge: HttpEdge, lp: ListenerPolicy, session: ClientSession, 
     if metrics is not None:
         metrics.inspected(edge.name)
     inner = InspectedEdge(edge, lp, name, port, target, authorization)
-    inner.serve(ClientSession(conn, services, session.client, edge.name, b"", edge.limits))
+    if conn.sock.selected_alpn_protocol() == "h2":  # the client offered it: HTTP/2 inside
+        inner.serve_h2(conn, session.client, b"")
+    else:
+        inner.serve(ClientSession(conn, services, session.client, edge.name, b"",
+                                  edge.limits))
     return False
 
 

@@ -225,6 +225,32 @@ def render(res: dict) -> str:
                    _ratio(q, n, "req_per_cpu_s"), 0.35)
             target(f"{test}: req/s vs qpxd HTTP/1.1 keep-alive (≥ 0.8×)",
                    _ratio(q, h1, "rps"), 0.8)
+    robust = []
+    for key, unit in (("forward", "request"), ("reverse", "request"),
+                      ("connect", "MiB"), ("get1m", "MiB")):
+        for r in sec.get(key, []) if isinstance(sec.get(key), list) else []:
+            if "cpu_us" in r:
+                calls = r.get("syscalls") or {}
+                top = ", ".join(f"{k} {v:g}" for k, v in (calls.get("top") or {}).items())
+                robust.append(f"| {key} | {r['peer']} | {_span(r['cpu_us'], 1)} per {unit} "
+                              f"| {calls['per_request']:.1f} ({top}) |" if calls else
+                              f"| {key} | {r['peer']} | {_span(r['cpu_us'], 1)} per {unit} "
+                              "| |")
+    if robust:
+        out += ["## Host-robust figures: CPU and system calls per request", "",
+                "CPU µs are the proxy's own processes (user + system, from /proc) over the "
+                "runs above, divided by the requests (or MiB) served; system calls are "
+                "counted with `strace -c -f` attached to the proxy for one 2 s run (strace "
+                "slows the proxy, not the count per request). Both move far less between "
+                "hosts than req/s ratios.", "",
+                "| section | peer | CPU µs | system calls per request (most frequent) |",
+                "|---|---|---|---|"] + robust + [""]
+        fw = sec.get("forward") or []
+        q, sq = _row(fw, "qpxd"), _row(fw, "squid")
+        target("forward CPU µs per request vs squid's (≤ 0.67×)", _ratio(q, sq, "cpu_us"),
+               0.67, lower_is_better=True)
+        g, c = _row(sec.get("get1m") or [], "qpxd"), _row(sec.get("connect") or [], "qpxd")
+        target("1 MiB GET MB/s vs the CONNECT tunnel's (≥ 0.9×)", _ratio(g, c, "mb_s"), 0.9)
     if "scaling" in sec:
         rows = sec["scaling"]
         out += ["## Scaling: workers and acceptor sockets (nothing pinned)", "",
@@ -272,7 +298,7 @@ def render(res: dict) -> str:
                    lower_is_better=True)
             target(f"RSS with {r['connections']:,} idle clients (≤ 250 MB)",
                    r["total_mb_with_conns"], 250, "{:.1f} MB", lower_is_better=True)
-    out += ["## Targets (issues 11, 18 and 20)", "", "| target | measured | met |",
+    out += ["## Targets (issues 11, 18, 20 and 22)", "", "| target | measured | met |",
             "|---|---|---|"]
     out += [f"| {what} | {value} | {'yes' if ok else ('**no**' if ok is False else '–')} |"
             for what, value, ok in targets]

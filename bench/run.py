@@ -74,6 +74,35 @@ def wrk(url: str, seconds: float, *, script: bool, env: dict | None = None,
             "non2xx": non2xx, "mb_s": mb_s}
 
 
+def syscalls_per_request(peer, load) -> dict | None:
+    """System calls per request of ``peer``'s processes (``strace -c -f`` attached for one
+    short ``load()`` run): the total and the five most frequent, per request."""
+    if not shutil.which("strace"):
+        return None
+    pids = peer.pids()
+    out = peer.dir / "strace.txt"
+    cmd = ["strace", "-c", "-f", "-o", str(out)]
+    for pid in pids:
+        cmd += ["-p", str(pid)]
+    tracer = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    r = load()
+    tracer.send_signal(2)
+    tracer.wait(30)
+    requests = r["rps"] * 2
+    if not requests or not out.exists():
+        return None
+    calls = {}
+    for line in out.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[3].isdigit() and not line.startswith("100.00"):
+            calls[parts[-1]] = int(parts[3])
+    total = sum(calls.values())
+    top = sorted(calls.items(), key=lambda kv: -kv[1])[:5]
+    return {"per_request": total / requests,
+            "top": {k: round(v / requests, 2) for k, v in top}}
+
+
 def full_handshakes(port: int, seconds: float, procs: int = 3,
                     cpu: int | None = LOAD_CPU) -> dict:
     """Full TLS handshakes per second (``openssl s_time -new``: no session is resumed),
@@ -247,14 +276,25 @@ class Bench:
         def once(p):
             if p is None:
                 return wrk(f"http://127.0.0.1:{self.origin.port}/100b", secs, script=False)
-            return wrk(f"http://127.0.0.1:{p.port}/", secs, script=True, env=env)
-        rows = self.interleaved([None] + peers, once,
-                                prepare=lambda p: {"gate": correctness_gate(p.port,
-                                                                            self.origin)})
+            pids = p.pids()
+            c0 = cpu_seconds(pids)
+            r = wrk(f"http://127.0.0.1:{p.port}/", secs, script=True, env=env)
+            r["cpu_us"] = (cpu_seconds(pids) - c0) * 1e6 / max(r["rps"] * secs, 1)
+            return r
+
+        def prepare(p):
+            out = {"gate": correctness_gate(p.port, self.origin)}
+            if not browser:  # system calls per request: strace -c on a short run
+                out["syscalls"] = syscalls_per_request(
+                    p, lambda: wrk(f"http://127.0.0.1:{p.port}/", 2, script=True, env=env))
+            return out
+        rows = self.interleaved([None] + peers, once, prepare=prepare)
         for row in rows:
             if "runs" in row:
                 row["rps"] = summarize(row["runs"], "rps")
                 row["p99_ms"] = summarize(row["runs"], "p99_ms")
+                if row["peer"] != "direct to origin":
+                    row["cpu_us"] = summarize(row["runs"], "cpu_us")
         return rows
 
     def section_bulk(self, mode: str) -> list[dict]:
@@ -263,12 +303,19 @@ class Bench:
         def once(p):
             if p is None:
                 return bulk("direct", self.origin.port, secs)
-            return bulk(mode, self.origin.port, secs, p.port)
+            pids = p.pids()
+            c0 = cpu_seconds(pids)
+            r = bulk(mode, self.origin.port, secs, p.port)
+            mib = r.get("bytes", 0) / (1 << 20)
+            r["cpu_us"] = (cpu_seconds(pids) - c0) * 1e6 / max(mib, 1e-9)
+            return r
         rows = self.interleaved([None, Qpxd(self.work, PROXY_CPU), Squid(self.work, PROXY_CPU)],
                                 once)
         for row in rows:
             if "runs" in row:
                 row["mb_s"] = summarize(row["runs"], "mb_s")
+                if row["peer"] != "direct to origin":
+                    row["cpu_us"] = summarize(row["runs"], "cpu_us")
         return rows
 
     def section_reverse(self) -> list[dict]:
@@ -289,10 +336,16 @@ class Bench:
             r["cpu_s"] = cpu_seconds(pids) - c0
             r["req_per_cpu_s"] = r["rps"] * secs / max(r["cpu_s"], 1e-9)
             return r
-        rows = self.interleaved(pinned, once) + self.interleaved(floating, once)
+        def prepare(p):
+            return {"syscalls": syscalls_per_request(
+                p, lambda: wrk(f"http://127.0.0.1:{p.port}/100b", 2, script=False))}
+        rows = self.interleaved(pinned, once, prepare=prepare) + \
+            self.interleaved(floating, once)
         for row in rows:
             if "runs" in row:
-                for key in ("rps", "p99_ms", "req_per_cpu_s"):
+                for r in row["runs"]:
+                    r["cpu_us"] = 1e6 / max(r["req_per_cpu_s"], 1e-9)
+                for key in ("rps", "p99_ms", "req_per_cpu_s", "cpu_us"):
                     row[key] = summarize(row["runs"], key)
         return rows
 

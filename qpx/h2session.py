@@ -333,6 +333,9 @@ class H2Session:
     def serve(self) -> None:
         h2 = self.h2
         h2.initiate_connection()
+        # the connection's own receive window (65 535 by default) as large as a stream's:
+        # uploads are not throttled by it
+        h2.increment_flow_control_window(INITIAL_WINDOW - 65535)
         self.last_active = monotonic()
         try:
             self.flush()

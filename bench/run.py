@@ -627,6 +627,9 @@ def main() -> int:
     ap.add_argument("--idle-connections", type=int, default=10000)
     ap.add_argument("--quick", action="store_true", help="1 run of 2 s (a smoke test)")
     ap.add_argument("--out", default=str(ROOT / "docs"))
+    ap.add_argument("--merge", action="store_true",
+                    help="replace only the sections run in OUT/benchmarks.json (the others "
+                         "keep their earlier figures; the report names both runs)")
     args = ap.parse_args()
     if args.quick:
         args.runs, args.seconds, args.idle_connections = 1, 2.0, 1000
@@ -648,6 +651,14 @@ def main() -> int:
                          f"origin on CPU {LOAD_CPU} (taskset); scaling rows float")
     out = Path(args.out)
     out.mkdir(exist_ok=True)
+    old = out / "benchmarks.json"
+    if args.merge and old.exists():
+        earlier = json.loads(old.read_text())
+        sections = earlier.get("sections", {})
+        sections.update(results["sections"])
+        results["sections"] = sections
+        results["command"] = (f"{earlier.get('command')} ({earlier.get('date')}), then "
+                              f"{results['command']} for {args.only}")
     (out / "benchmarks.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     from report import render
 

@@ -158,7 +158,7 @@ class Qpxd(Peer):
                  origin_port: int = 0, workers: int = 1, acceptors: int = 1,
                  rules: list | None = None, label: str | None = None,
                  metrics: bool = False, root: Path = ROOT, env: dict | None = None,
-                 tls: tuple[Path, Path] | None = None):
+                 tls: tuple[Path, Path] | None = None, inspect: bool = False):
         self.name = label or "qpxd"
         self.root = root  # the source tree to run (an A/B run compares two)
         self.env = env
@@ -175,7 +175,12 @@ class Qpxd(Peer):
                 "connect_ports": [],
                 "rules": (rules or []) + [{"name": "loopback",
                                            "match": {"src_ip": ["127.0.0.0/8"]},
-                                           "action": {"type": "direct"}}]}]
+                                           "action": {"type": "inspect" if inspect
+                                                      else "direct"}}]}]
+            if inspect:  # the CA lands in state_dir; origins are not verified here
+                cfg["state_dir"] = str(self.dir / "state")
+                cfg["listeners"][0]["tls_inspection"] = {"enabled": True,
+                                                         "verify_upstream": False}
         else:
             cfg["reverse"] = [{"name": "rev", "listen": f"127.0.0.1:{self.port}",
                                "routes": [{"match": {},

@@ -32,7 +32,7 @@ from peers import (ROOT, HaproxyReverse, NginxOrigin, NginxReverse, ProxyPy, Qpx
 
 LOAD_CPU, PROXY_CPU = 1, 0
 SECTIONS = ("engine", "forward", "browser", "connect", "get1m", "reverse", "tls", "h2",
-            "scaling", "spread", "rules", "memory")
+            "inspect", "scaling", "spread", "rules", "memory")
 
 
 def units(text: str) -> float:
@@ -442,6 +442,50 @@ class Bench:
                     row[k] = summarize(row["runs"], k)
         return rows
 
+    def section_inspect(self) -> list[dict]:
+        """TLS inspection: HTTPS keep-alive requests decrypted by a forward qpxd (TLS to the
+        client and to an nginx TLS front of the origin) against qpxd's TLS-terminating
+        reverse edge, with the same Python client; compared per qpxd CPU-second (the
+        client, one Python process, limits req/s for both)."""
+        from certs import make_cert
+
+        secs = self.args.seconds
+        o = self.origin.port
+        cert = make_cert(self.work / "certs-inspect", "ecdsa", "localhost")
+        front = NginxReverse(self.work, LOAD_CPU, o, tls=cert, label="nginx tls front")
+        front.start()
+        try:
+            peers = [Qpxd(self.work, PROXY_CPU, inspect=True, label="qpxd inspecting"),
+                     Qpxd(self.work, PROXY_CPU, mode="reverse", origin_port=o, tls=cert,
+                          label="qpxd tls reverse")]
+
+            def once(p):
+                pids = p.pids()
+                c0 = cpu_seconds(pids)
+                if p.name == "qpxd inspecting":
+                    args = ["inspect", str(p.port), str(front.port),
+                            str(p.dir / "state" / "ca.crt")]
+                else:
+                    args = ["reverse", str(p.port), "-", "-"]
+                r = subprocess.run(["taskset", "-c", str(LOAD_CPU), sys.executable,
+                                    str(ROOT / "bench" / "tls_load.py"), *args, str(secs),
+                                    "8"], capture_output=True, text=True,
+                                   timeout=secs + 60)
+                data = json.loads(r.stdout)
+                cpu = cpu_seconds(pids) - c0
+                return {"rps": data["requests"] / data["seconds"],
+                        "req_per_cpu_s": data["requests"] / max(cpu, 1e-9)}
+            rows = self.interleaved(peers, once)
+        finally:
+            front.stop()
+        leaf = subprocess.run([sys.executable, str(ROOT / "bench" / "leaf_cost.py")],
+                              capture_output=True, text=True, timeout=300).stdout.strip()
+        for row in rows:
+            if "runs" in row:
+                for k in ("rps", "req_per_cpu_s"):
+                    row[k] = summarize(row["runs"], k)
+        return rows + [{"peer": "leaf certificates", "leaf_cost": leaf}]
+
     def section_scaling(self) -> list[dict]:
         secs = self.args.seconds
         env = {"ORIGIN": f"127.0.0.1:{self.origin.port}", "OBJ": "/100b"}
@@ -518,6 +562,7 @@ class Bench:
                     ("reverse", self.section_reverse),
                     ("tls", self.section_tls),
                     ("h2", self.section_h2),
+                    ("inspect", self.section_inspect),
                     ("scaling", self.section_scaling),
                     ("spread", self.section_spread),
                     ("rules", self.section_rules),

@@ -243,7 +243,7 @@ def test_bad_patterns_are_errors_at_check_time(tmp_path, match, path, message):
     ("{ type: block, upstream: corp }", "listeners.0.rules.0.action.upstream",
      "action type block must not set upstream"),
     ("{ type: inspect }", "listeners.0.rules.0.action.type",
-     "action 'inspect' (TLS inspection): not supported by this build"),
+     "action inspect needs tls_inspection.enabled on this listener"),
     ("{ type: proxy, upstream: \"h3://corp:3128\" }", "listeners.0.rules.0.action.upstream",
      "h3:// upstream proxies: not supported by this build"),
 ])
@@ -328,7 +328,6 @@ def test_header_regex_replacement_and_worker_timeout_are_checked(tmp_path):
 
 
 @pytest.mark.parametrize("block,path", [
-    ("tls_inspection: { enabled: true }", "listeners.0.tls_inspection.enabled"),
     ("http3: { enabled: true }", "listeners.0.http3.enabled"),
     ("ftp: { enabled: true }", "listeners.0.ftp.enabled"),
     ("cache: { enabled: true }", "listeners.0.cache.enabled"),

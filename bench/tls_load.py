@@ -32,14 +32,17 @@ def worker(mode, port, origin, ca, until, counts, i):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-        s = ctx.wrap_socket(raw, server_hostname="bench.test")
+        s = ctx.wrap_socket(raw, server_hostname="localhost")
     req = b"GET /100b HTTP/1.1\r\nHost: localhost\r\n\r\n"
     n = 0
     while time.monotonic() < until:
         s.sendall(req)
         buf = b""
         while True:
-            buf += s.recv(65536)
+            chunk = s.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"connection {i} closed by the server")
+            buf += chunk
             end = buf.find(b"\r\n\r\n")
             if end >= 0:
                 length = int(buf[:end].lower().split(b"content-length:")[1].split(b"\r\n")[0])

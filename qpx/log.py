@@ -190,7 +190,7 @@ class AccessLog:
         else:
             line = (f'{_ts(now)} {client} {listener} "{method} {target}" {status} '
                     f"{bytes_in} {bytes_out} {duration * 1000:.3f}ms"
-                    + (f" rule={rule}" if rule else "")
+                    + (f" rule={_text(rule)}" if rule else "")
                     + (f" action={action}" if action else "")
                     + (f" upstream={upstream}" if upstream else "")
                     + (f" tls={tls}" if tls else "") + (f" sni={sni}" if sni else "")

@@ -254,3 +254,20 @@ def test_transparent_tls_flow_inspected_by_sni(qpxd, origin_ca, tmp_path):
     assert issuer == "qpx test CA" and b"GET /untouched HTTP/1.1" in data
     assert not any(b"/admin" in h for h, _ in o.requests)
     d.wait_log("qpxd ready")
+
+
+def test_an_unwritable_leaf_cache_falls_back_to_memory_with_one_warning(qpxd, origin_ca,
+                                                                       tmp_path):
+    o = TlsEchoOrigin(*vars(origin_ca.issue("o", "localhost")).values())
+    port = free_port()
+    state = tmp_path / "state"
+    assert qpxd_cmd("gen-ca", "-d", str(state)).returncode == 0
+    (state / "leaves").write_text("a file where the cache directory would be\n")
+    d = qpxd(inspecting(port, str(state), o.port), env={"SSL_CERT_FILE": str(origin_ca.path)})
+    base = ["curl", "-sS", "--max-time", "20", "-x", f"http://127.0.0.1:{port}",
+            "--cacert", str(state / "ca.crt")]
+    for i in range(2):
+        r = subprocess.run(base + [f"https://localhost:{o.port}/m{i}"], capture_output=True,
+                           text=True)
+        assert f"GET /m{i} HTTP/1.1" in r.stdout, r.stderr
+    assert d.log().count("leaf certificate cache not writable") == 1, d.log()

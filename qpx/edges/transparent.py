@@ -143,14 +143,12 @@ class TransparentEdge(HttpEdge):
         if isinstance(hello, str):
             self._refuse(session, started, hello)
             return
-        sni = hello.sni
-        if target is None and sni is None:
-            self._refuse(session, started, "TLS without SNI and no original destination")
+        decided = self._tls_decision(session, target, hello.sni, started)
+        if decided is None:
             return
-        host, port = target if target is not None else (sni, 443)
-        decision = self._decide(session, port, sni or host, sni)
-        kind = decision.action.type
-        if kind == "inspect" and not decision.challenge:
+        decision, host, port = decided
+        sni = hello.sni
+        if decision.action.type == "inspect" and not decision.challenge:
             from .inspect import open_origin, serve_decrypted
 
             try:
@@ -164,12 +162,7 @@ class TransparentEdge(HttpEdge):
                                     upstream=tgt.label, reason=reason)
             serve_decrypted(self, self.lp, session, sni or host, port, tgt, up, log_line)
             return
-        if kind not in ("direct", "tunnel", "proxy") or decision.challenge:
-            self._refuse(session, started, f"TLS to {sni or host}:{port} refused by "
-                                           f"{decision.rule or 'the default action'}",
-                         decision.rule)
-            return
-        self._relay(session, decision, host, port, b"", started, "tls")
+        self._relay_tls(session, decision, host, port, sni, b"", started)
 
     def _decide(self, session: ClientSession, port: int, host: str | None, sni: str | None):
         ctx = MatchContext(src_ip=session.client.key, dst_port=port, host=host, sni=sni)
@@ -238,18 +231,29 @@ class TransparentEdge(HttpEdge):
             self._refuse(session, started, "ClientHello not complete before the peek deadline")
             return
         conn.deadline = 0.0
-        sni = hello.sni
+        decided = self._tls_decision(session, target, hello.sni, started)
+        if decided is not None:
+            decision, host, port = decided
+            self._relay_tls(session, decision, host, port, hello.sni, bytes(sniffer.raw),
+                            started)
+
+    def _tls_decision(self, session: ClientSession, target, sni: str | None,
+                      started: float):
+        """(decision, host, port) for a TLS flow, or None (refused and logged)."""
         if target is None and sni is None:
             self._refuse(session, started, "TLS without SNI and no original destination")
-            return
+            return None
         host, port = target if target is not None else (sni, 443)
-        decision = self._decide(session, port, sni or host, sni)
+        return self._decide(session, port, sni or host, sni), host, port
+
+    def _relay_tls(self, session: ClientSession, decision, host: str, port: int,
+                   sni: str | None, first: bytes, started: float) -> None:
         if decision.action.type not in ("direct", "tunnel", "proxy") or decision.challenge:
             self._refuse(session, started, f"TLS to {sni or host}:{port} refused by "
                                            f"{decision.rule or 'the default action'}",
                          decision.rule)
             return
-        self._relay(session, decision, host, port, bytes(sniffer.raw), started, "tls")
+        self._relay(session, decision, host, port, first, started, "tls")
 
     def _raw(self, session: ClientSession, target) -> None:
         started = monotonic()

@@ -36,6 +36,12 @@ def _row(rows: list[dict], name: str) -> dict | None:
     return next((r for r in rows if r["peer"] == name and "unavailable" not in r), None)
 
 
+def _pick(rows: list[dict], peer: str, **fields) -> dict | None:
+    """The measured row of ``peer`` whose other ``fields`` (test, key) match."""
+    return next((r for r in rows if r["peer"] == peer and "rps" in r
+                 and all(r.get(k) == v for k, v in fields.items())), None)
+
+
 def _ratio(a: dict | None, b: dict | None, key: str) -> float | None:
     if not a or not b or key not in a or key not in b or not b[key]["median"]:
         return None
@@ -183,8 +189,7 @@ def render(res: dict) -> str:
         out.append("")
 
         def pick(test, key, peer):
-            return next((r for r in rows if r.get("test") == test and r.get("key") == key
-                         and r["peer"] == peer and "rps" in r), None)
+            return _pick(rows, peer, test=test, key=key)
         for key in ("ecdsa", "rsa"):
             q, n = pick("full handshakes", key, "qpxd"), pick("full handshakes", key, "nginx")
             target(f"full TLS handshakes/s ({key}) vs nginx (≥ 0.5×)", _ratio(q, n, "rps"),
@@ -215,12 +220,9 @@ def render(res: dict) -> str:
                            f"{r['unavailable']} | |")
         out.append("")
 
-        def pick2(test, peer):
-            return next((r for r in rows if r.get("test") == test and r["peer"] == peer
-                         and "rps" in r), None)
-        h1 = pick2("http/1.1 keep-alive (wrk -c50)", "qpxd http/1.1")
+        h1 = _pick(rows, "qpxd http/1.1", test="http/1.1 keep-alive (wrk -c50)")
         for test in ("h2 1x100", "h2 50x10"):
-            q, n = pick2(test, "qpxd"), pick2(test, "nginx")
+            q, n = _pick(rows, "qpxd", test=test), _pick(rows, "nginx", test=test)
             target(f"{test}: requests per CPU-second vs nginx (≥ 0.35×)",
                    _ratio(q, n, "req_per_cpu_s"), 0.35)
             target(f"{test}: req/s vs qpxd HTTP/1.1 keep-alive (≥ 0.8×)",
@@ -241,8 +243,7 @@ def render(res: dict) -> str:
             elif "leaf_cost" in r:
                 out += ["", f"Leaf certificates (bench/leaf_cost.py): {r['leaf_cost']}."]
         out.append("")
-        ins = next((r for r in rows if r["peer"] == "qpxd inspecting" and "rps" in r), None)
-        rev = next((r for r in rows if r["peer"] == "qpxd tls reverse" and "rps" in r), None)
+        ins, rev = _pick(rows, "qpxd inspecting"), _pick(rows, "qpxd tls reverse")
         target("warm inspected requests per CPU-second vs TLS reverse (≥ 0.5×)",
                _ratio(ins, rev, "req_per_cpu_s"), 0.5)
     robust = []

@@ -342,3 +342,34 @@ class TlsEchoOrigin(Origin):
             conn.close()
             return
         super()._serve(tls, peer)
+
+
+class UpgradeEcho(_Server):
+    """A WebSocket-style upstream: answers the first request head with 101, then sends
+    back ``transform(chunk)`` for every chunk; over TLS when ``ctx`` is given.  The
+    request heads are kept in ``heads``."""
+
+    def __init__(self, transform=lambda d: b"echo:" + d, ctx: ssl.SSLContext | None = None):
+        self.transform = transform
+        self.ctx = ctx
+        self.heads: list[bytes] = []
+        super().__init__()
+
+    def _serve(self, conn: socket.socket, peer) -> None:
+        try:
+            c = self.ctx.wrap_socket(conn, server_side=True) if self.ctx else conn
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = c.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            self.heads.append(data.partition(b"\r\n\r\n")[0])
+            c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                      b"Connection: Upgrade\r\n\r\n")
+            while d := c.recv(4096):
+                c.sendall(self.transform(d))
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            conn.close()

@@ -10,6 +10,7 @@ import time
 
 import pytest
 from conftest import forward_config, free_port, have, raw_request
+from servers import UpgradeEcho
 
 pytestmark = pytest.mark.skipif(not have("curl"), reason="curl is not installed")
 
@@ -415,27 +416,8 @@ def test_slow_header_client_is_cut_off_while_others_are_served(qpxd, origin):
 
 def test_upgrade_websocket_through_forward(qpxd, echo):
     """An Upgrade request: on 101 the bytes flow both ways."""
-    ws_origin = socket.socket()
-    ws_origin.bind(("127.0.0.1", 0))
-    ws_origin.listen(1)
-    oport = ws_origin.getsockname()[1]
-
-    def serve():
-        c, _ = ws_origin.accept()
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += c.recv(4096)
-        assert b"upgrade: websocket" in data.lower()
-        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                  b"Connection: Upgrade\r\n\r\n")
-        while True:
-            d = c.recv(4096)
-            if not d:
-                break
-            c.sendall(d.upper())
-        c.close()
-
-    threading.Thread(target=serve, daemon=True).start()
+    ws_origin = UpgradeEcho(bytes.upper)
+    oport = ws_origin.port
     port = free_port()
     qpxd(forward_config(port))
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
@@ -450,7 +432,7 @@ def test_upgrade_websocket_through_forward(qpxd, echo):
         while len(got) < 4:
             got += s.recv(4096)
         assert got == b"PING"
-    ws_origin.close()
+    assert b"upgrade: websocket" in ws_origin.heads[0].lower()
 
 
 def test_access_log_records_refused_and_served(qpxd, origin):

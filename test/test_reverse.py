@@ -9,6 +9,7 @@ import time
 
 import pytest
 from conftest import free_port, raw_request, reverse_config
+from servers import UpgradeEcho
 
 
 def get(port: int, host: str, path: str = "/", *, source: str | None = None,
@@ -200,26 +201,8 @@ def test_x_forwarded_headers_with_and_without_proxy_metadata(qpxd, origin):
 
 
 def test_websocket_through_reverse(qpxd):
-    ws = socket.socket()
-    ws.bind(("127.0.0.1", 0))
-    ws.listen(1)
-    wport = ws.getsockname()[1]
-
-    def serve():
-        c, _ = ws.accept()
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += c.recv(4096)
-        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                  b"Connection: Upgrade\r\n\r\n")
-        while True:
-            d = c.recv(4096)
-            if not d:
-                break
-            c.sendall(b"echo:" + d)
-        c.close()
-
-    threading.Thread(target=serve, daemon=True).start()
+    ws = UpgradeEcho()
+    wport = ws.port
     port = free_port()
     qpxd(reverse_config(port, [route({}, [f"http://127.0.0.1:{wport}"])]))
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
@@ -234,7 +217,6 @@ def test_websocket_through_reverse(qpxd):
         while len(got) < 7:
             got += s.recv(4096)
         assert got == b"echo:hi"
-    ws.close()
 
 
 def test_connect_and_trace_are_refused(qpxd, origin):

@@ -13,7 +13,7 @@ import time
 
 import pytest
 from conftest import free_port, have, raw_request
-from servers import TlsOrigin
+from servers import TlsOrigin, UpgradeEcho
 from tlscerts import CA
 
 pytestmark = pytest.mark.skipif(not have("openssl") or not have("curl"),
@@ -440,30 +440,10 @@ def test_forward_absolute_form_https_reaches_the_origin_over_verified_tls(qpxd, 
 def test_websocket_over_tls_to_a_wss_style_upstream(qpxd, ca):
     """wss:// at the edge: TLS terminated by qpxd, the upgrade relayed both ways to an
     https:// upstream (TLS on both legs)."""
-    import threading
-
     up = ca.issue("up", "localhost")
     sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     sctx.load_cert_chain(up.cert, up.key)
-    ws = socket.create_server(("127.0.0.1", 0))
-    wport = ws.getsockname()[1]
-
-    def serve():
-        raw, _ = ws.accept()
-        c = sctx.wrap_socket(raw, server_side=True)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += c.recv(4096)
-        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                  b"Connection: Upgrade\r\n\r\n")
-        while True:
-            d = c.recv(4096)
-            if not d:
-                break
-            c.sendall(b"echo:" + d)
-        c.close()
-
-    threading.Thread(target=serve, daemon=True).start()
+    wport = UpgradeEcho(ctx=sctx).port
     site = ca.issue("site", "site.test")
     port = free_port()
     qpxd(tls_reverse(port, [cert_entry(site, "site.test")], routes=[

@@ -195,6 +195,21 @@ class Conn:
             return -1
         return _IOCTL_INT[0]
 
+    def idle_alive(self) -> bool:
+        """True when an idle pooled connection is still open and has nothing pending,
+        without a system call in the usual case.  The read watcher stays armed between
+        exchanges (see :meth:`_block`): bytes or an EOF arriving while nobody reads make
+        the hub stop it, or leave its event pending if the hub has not dispatched it
+        yet.  An armed watcher with no pending event means nothing has arrived up to
+        the hub's last ``epoll_wait`` - nginx's keep-alive check; the ``poll`` of
+        :meth:`peek_alive` is only the fallback for a watcher that is not armed.  Bytes
+        arriving after the last ``epoll_wait`` go unseen either way (they could arrive
+        just after a ``poll`` too)."""
+        rw = self._rw
+        if rw.active and not rw.pending:
+            return True
+        return self.peek_alive()
+
     def peek_alive(self) -> bool:
         """True when an idle connection is still open and has nothing pending (a pooled
         upstream connection the peer has closed polls readable: EOF).  One ``poll``

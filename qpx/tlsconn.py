@@ -66,6 +66,10 @@ class TlsConn(Conn):
             return self.sock.recv(size)
         return Conn.recv_later(self, size)
 
+    def idle_alive(self) -> bool:
+        # plaintext the TLS layer already holds never shows on the socket
+        return not self.sock.pending() and Conn.idle_alive(self)
+
     def peek_alive(self) -> bool:
         if not Conn.peek_alive(self):
             # readable: a session ticket or a key update is no reason to drop it, data or

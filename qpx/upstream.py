@@ -13,8 +13,8 @@
 - :class:`ConnectionPool` keeps idle keep-alive upstream connections per key, most
   recently used first, each with the response parser that stayed in step with it,
   drops them after ``idle_timeout`` and checks a connection is still open (no EOF, no
-  stray bytes) before lending it.  Only connections whose last exchange was framed
-  without any doubt are ever returned to it (qpxd-R16).
+  stray bytes: its armed read watcher tells) before lending it.  Only connections whose
+  last exchange was framed without any doubt are ever returned to it (qpxd-R16).
 """
 
 from __future__ import annotations
@@ -190,10 +190,11 @@ class ConnectionPool:
         limit = now - self.idle_timeout
         while stack:
             since, conn, parser = stack.pop()
-            # Checked before every reuse, with one non-blocking peek: bytes waiting mean
-            # the peer is out of step with us (qpxd-R16), EOF that it closed the
-            # connection (a request sent on it would be lost with its streaming body).
-            if since >= limit and conn.peek_alive():
+            # Checked before every reuse: bytes waiting mean the peer is out of step
+            # with us (qpxd-R16), EOF that it closed the connection (a request sent on
+            # it would be lost with its streaming body).  The armed read watcher says
+            # so without a system call (Conn.idle_alive).
+            if since >= limit and conn.idle_alive():
                 return conn, parser
             conn.close()
         return None

@@ -3,7 +3,10 @@
 Each direction is a loop of ``recv_into`` a large buffer + ``sendall``; the buffer is
 borrowed from the worker's :class:`~qpx.netio.BufferPool` only while it holds data.
 PERFORMANCE.md measured this copy loop with a 1 MiB buffer at 2.45 GB/s on loopback and
-``os.splice`` through a pipe at 1.5-1.8 GB/s, so there is no splice path.
+``os.splice`` through a pipe at 1.5-1.8 GB/s, so there is no splice path.  Measured
+again with 1 MiB pipes in ``make bench``'s layout (issue 22): 1 MiB GETs at 0.92× the
+copy loop's MB/s; the copies go, but splice_to_socket sends more, smaller segments and
+the CPU per MiB came out between 0.89× and 1.05×.  Still no splice path.
 
 Half-close: EOF from one side shuts down the other side's write half and the tunnel
 lives on until the other direction ends too.  The idle timeout counts both directions

@@ -66,6 +66,9 @@ class TlsConn(Conn):
             return self.sock.recv(size)
         return Conn.recv_later(self, size)
 
+    def recv_later_large(self, pool, size: int = 65536) -> bytes:
+        return self.recv_later(size)  # the TLS layer reads records, not socket buffers
+
     def idle_alive(self) -> bool:
         # plaintext the TLS layer already holds never shows on the socket
         return not self.sock.pending() and Conn.idle_alive(self)

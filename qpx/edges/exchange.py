@@ -48,6 +48,9 @@ LOCAL_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOME
 # How long an upstream that stopped taking the request body gets to show the response
 # it sent (RFC 9112 §9.5: an early answer, e.g. 413, is relayed, not lost).
 EARLY_ANSWER_WAIT = 1.0
+# Body bytes read with a response head up to this size are joined to the head for one
+# write; past it the copy costs more than a second system call.
+JOIN_LIMIT = 16384
 
 
 class ExchangeResult:
@@ -247,7 +250,8 @@ class UpstreamExchange:
                 first = True
                 while resp is None:
                     try:
-                        chunk = conn.recv_later() if first else conn.recv()
+                        chunk = (conn.recv_later_large(self.services.buffers) if first
+                                 else conn.recv())
                         first = False
                     except DeadlineExceeded:
                         raise UpstreamError(504, "upstream response timed out",
@@ -374,7 +378,7 @@ class UpstreamExchange:
             length = resp.content_length or 0
             if inbound == "length" and len(rest) >= length:
                 body = rest[:length] if length < len(rest) else rest
-                client.sendall(out_head + body, services.send_timeout)
+                send_head(client, out_head, body, services.send_timeout)
                 leftover = rest[length:] if length < len(rest) else b""
                 result.bytes_out = len(out_head) + length
                 keep_parser = reusable and not leftover
@@ -382,8 +386,8 @@ class UpstreamExchange:
                     self.parser.feed_body(body)  # llhttp stays in step: reuse it next time
             else:
                 if inbound == "length" and outbound == "length" and rest:
-                    # The body bytes that came with the head leave with it: one write.
-                    client.sendall(out_head + rest, services.send_timeout)
+                    # The body bytes that came with the head leave with it.
+                    send_head(client, out_head, rest, services.send_timeout)
                     result.bytes_out = len(out_head) + len(rest)
                     length -= len(rest)
                     rest = b""
@@ -433,6 +437,16 @@ class UpstreamExchange:
         finally:
             conn.close()
         return result
+
+
+def send_head(client, head: bytes, body: bytes, timeout: float) -> None:
+    """A response head and the body bytes read with it: one write when the body is
+    small, two when joining them would copy a large first read (up to FIRST_READ)."""
+    if len(body) <= JOIN_LIMIT:
+        client.sendall(head + body, timeout)
+    else:
+        client.sendall(head, timeout)
+        client.sendall(body, timeout)
 
 
 def too_large(limit: int) -> HttpError:

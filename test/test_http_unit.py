@@ -262,3 +262,25 @@ def test_buffer_pool_caps_big_buffers_in_flight():
     for b in lent[1:]:
         pool.put(b)
     assert pool.big_out == 1
+
+
+def test_a_first_response_read_holds_no_buffer_while_it_waits():
+    """A response's first read borrows its big buffer only once bytes are there: 50
+    exchanges waiting on slow upstreams must not pin (or churn) 50 MiB of buffers."""
+    import socket
+
+    import gevent
+
+    from qpx.netio import BufferPool, Conn
+
+    pool = BufferPool(size=1 << 20, max_big=2, small=1 << 16)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        conn = Conn(ours)
+        reader = gevent.spawn(conn.recv_later_large, pool)
+        gevent.sleep(0.05)
+        assert not reader.ready() and pool.big_out == 0
+        theirs.sendall(b"h" * 100000)
+        assert reader.get(timeout=5) == b"h" * 100000
+        assert pool.big_out == 0
+        conn.close()

@@ -126,9 +126,12 @@ def main() -> int:
                "--runs", str(args.runs), "--seconds", str(args.seconds)]
         if args.record:
             cmd += ["--record", args.record]
+        results = tree / "docs" / "ab-results.md"
+        before = len(results.read_text())
         result = subprocess.run(cmd, cwd=tree)
-        if args.record:  # ab.py wrote into the worktree's copy of the results
-            shutil.copy(tree / "docs" / "ab-results.md", ROOT / "docs" / "ab-results.md")
+        if args.record:  # ab.py appended to the worktree's copy: carry the new part over
+            with open(ROOT / "docs" / "ab-results.md", "a") as f:
+                f.write(results.read_text()[before:])
         return result.returncode
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],

@@ -7,17 +7,21 @@ from __future__ import annotations
 # are in the tables, which every run rewrites).
 LIMITS = (
     "**Reverse and forward CPU cost** is CPython's: qpxd spends over twice nginx's CPU "
-    "per proxied request (requests per CPU-second above). About half of it is "
-    "interpreter work spread thinly over parsing, the decision, head building and the "
-    "relay (no single hot spot left in cProfile or callgrind); the rest is the same "
-    "loopback syscalls nginx makes. p99 follows from that cost with 50 connections on "
-    "one core.",
+    "per proxied request (requests per CPU-second above) while making fewer system calls "
+    "(table below). perf on a forward worker (100-byte objects): kernel 37 %, the "
+    "interpreter loop 21 %, the rest CPython's objects, calls and C methods, llhttp and "
+    "libc; no single hot spot in cProfile or callgrind. A compiled build does not pay "
+    "(docs/ab-results.md, bench/compiled_trial.py): Cython on the 15 per-request modules "
+    "as they are ran at 0.77-0.81x, typed native classes for the parsers at 0.99-1.03x. "
+    "p99 follows from the CPU cost with 50 connections on one core.",
     "**Bulk transfers** (CONNECT, 1 MiB GET) are latency-bound, not CPU-bound: the bulk "
     "client fetches objects in lockstep, the proxy adds one loopback hop per object and "
-    "stays 60-80 % busy. When direct-to-origin is itself under 2x squid (CONNECT "
-    "table), \"2x squid\" through a tunnel would mean beating the ceiling. Copy buffers "
-    "of 256 KiB-1 MiB make no difference; os.splice measured slower than the 1 MiB copy "
-    "loop (PERFORMANCE.md).",
+    "stays 60-80 % busy, most of it the kernel's copies and TCP work (perf: the two "
+    "copies alone are a quarter of the worker's samples). When direct-to-origin is itself "
+    "under 2x squid (CONNECT table), \"2x squid\" through a tunnel would mean beating "
+    "the ceiling. A response's first read takes up to 256 KiB (a 64 KiB first read held "
+    "1 MiB GETs at 0.7x the tunnel). os.splice through 1 MiB pipes measured 0.92x the "
+    "copy loop's MB/s (issue 22; PERFORMANCE.md found it slower with 64 KiB pipes).",
     "**Two workers** share the 2 CPUs with wrk and the origin, so the second worker "
     "mostly competes with the load generator; worker scaling needs a host with more "
     "cores than the load needs.",

@@ -162,7 +162,7 @@ class Conn:
         """:meth:`recv_later` of up to ``size`` bytes, read into a buffer borrowed from
         ``pool``.  For the first read of a response: it takes all that has arrived, so
         a large body leaves in large writes from its first byte, as through a tunnel
-        (1 MiB objects: +27 % MB/s over a 64 KiB first read), without CPython
+        (1 MiB GETs: 0.68x the tunnel's MB/s with a 64 KiB first read, 0.95x), without CPython
         allocating ``size`` bytes per call and shrinking them (past glibc's mmap
         threshold that is an mmap, mremap and munmap per request)."""
         sock = self.sock
